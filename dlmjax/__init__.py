@@ -1,0 +1,1 @@
+"""dlmjax: scaling experiments on discrete diffusion language models in JAX."""
