@@ -17,13 +17,13 @@ SPLITS = ("train", "heldout")
 
 
 def kjv_chapters(split: str) -> list[str]:
-  """The chapters of `split` ("train": first 1130, "heldout": last 59), in canonical order."""
-  if split not in SPLITS:
-    raise ValueError(f"kjv split {split!r} must be one of {SPLITS}")
-  asset = importlib.resources.files("dlmjax.data").joinpath("assets/kjv_chapters.txt.gz")
-  with asset.open("rb") as f:
-    chapters = gzip.decompress(f.read()).decode("utf-8").splitlines()
-  if len(chapters) != NUM_CHAPTERS:
-    raise ValueError(f"kjv asset has {len(chapters)} chapters, expected {NUM_CHAPTERS}")
-  cut = NUM_CHAPTERS - NUM_HELDOUT_CHAPTERS
-  return chapters[:cut] if split == "train" else chapters[cut:]
+    """The chapters of `split` ("train": first 1130, "heldout": last 59), in canonical order."""
+    if split not in SPLITS:
+        raise ValueError(f"kjv split {split!r} must be one of {SPLITS}")
+    asset = importlib.resources.files("dlmjax.data").joinpath("assets/kjv_chapters.txt.gz")
+    with asset.open("rb") as f:
+        chapters = gzip.decompress(f.read()).decode("utf-8").splitlines()
+    if len(chapters) != NUM_CHAPTERS:
+        raise ValueError(f"kjv asset has {len(chapters)} chapters, expected {NUM_CHAPTERS}")
+    cut = NUM_CHAPTERS - NUM_HELDOUT_CHAPTERS
+    return chapters[:cut] if split == "train" else chapters[cut:]

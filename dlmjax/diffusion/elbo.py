@@ -91,36 +91,47 @@ def token_losses(logits_BxLxV, z_BxL, x_BxL, log_snr_BxL, *, mask_id, shift, sca
                                mask_id=mask_id, shift=shift, scale=scale)
 
 
-def token_losses_from_hidden(h_BxLxD, w_DxV, z_BxL, x_BxL, log_snr_BxL, *, mask_id, shift,
-                             scale=1.0, logit_multiplier=1.0, chunk_size=256):
-    """`token_losses(logit_multiplier * h @ w, ...)` without ever holding [B, L, V] logits.
+def map_token_chunks(chunk_fn, h_BxLxD, w_DxV, per_token, fills, *, logit_multiplier=1.0,
+                     chunk_size=256):
+    """Applies `chunk_fn(logits_CxV, *per_token_C)` to chunks of C tokens, rematerialised.
 
-    Tokens are processed `chunk_size` at a time under `jax.checkpoint`, so the backward pass
-    recomputes each chunk's logits instead of storing them: the peak is O(chunk_size·V).
+    Returns chunk_fn's per-token outputs reshaped to [B, L]. Padding tokens get `fills` (one per
+    entry of `per_token`), which chunk_fn must map to zero loss.
     """
-    batch, length, d_model = h_BxLxD.shape
+    batch, length, _ = h_BxLxD.shape
     num_tokens = batch * length
     chunk_size = min(chunk_size, num_tokens)
     num_chunks = -(-num_tokens // chunk_size)
     pad = num_chunks * chunk_size - num_tokens
-    log_snr_BxL = jnp.broadcast_to(log_snr_BxL, z_BxL.shape)
 
     def chunked(a, fill):
         a = jnp.asarray(a).reshape(num_tokens, *a.shape[2:])
         a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
         return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
-    # Padded tokens are marked clean (λ = +inf), which zeroes their loss and gradient.
-    inputs = (chunked(h_BxLxD, 0), chunked(z_BxL, 0), chunked(x_BxL, 0),
-              chunked(log_snr_BxL.astype(jnp.float32), jnp.inf))
+    inputs = (chunked(h_BxLxD, 0), *(chunked(a, f) for a, f in zip(per_token, fills)))
 
+    # Under checkpoint the backward pass recomputes each chunk's logits instead of storing them.
     @functools.partial(jax.checkpoint, prevent_cse=False)
-    def chunk_losses(h_CxD, z_C, x_C, lam_C):
+    def one_chunk(h_CxD, *per_token_C):
         logits_CxV = jnp.dot(h_CxD, w_DxV.astype(h_CxD.dtype),
                              preferred_element_type=jnp.float32) * logit_multiplier
-        return _losses_from_logits(logits_CxV, z_C, x_C, lam_C,
-                                   mask_id=mask_id, shift=shift, scale=scale)
+        return chunk_fn(logits_CxV, *per_token_C)
 
-    loss_NxC, elbo_NxC = jax.lax.map(lambda args: chunk_losses(*args), inputs)
-    unchunk = lambda a: a.reshape(-1)[:num_tokens].reshape(batch, length)  # noqa: E731
-    return unchunk(loss_NxC), unchunk(elbo_NxC)
+    outputs = jax.lax.map(lambda args: one_chunk(*args), inputs)
+    return jax.tree.map(lambda a: a.reshape(-1)[:num_tokens].reshape(batch, length), outputs)
+
+
+def token_losses_from_hidden(h_BxLxD, w_DxV, z_BxL, x_BxL, log_snr_BxL, *, mask_id, shift,
+                             scale=1.0, logit_multiplier=1.0, chunk_size=256):
+    """`token_losses(logit_multiplier * h @ w, ...)` without ever holding [B, L, V] logits.
+
+    Tokens are processed `chunk_size` at a time, so the peak memory is O(chunk_size·V) in the
+    forward and the backward pass.
+    """
+    log_snr_BxL = jnp.broadcast_to(log_snr_BxL, z_BxL.shape).astype(jnp.float32)
+    chunk_fn = functools.partial(_losses_from_logits, mask_id=mask_id, shift=shift, scale=scale)
+    # Padded tokens are marked clean (λ = +inf), which zeroes their loss and gradient.
+    return map_token_chunks(chunk_fn, h_BxLxD, w_DxV, (z_BxL, x_BxL, log_snr_BxL),
+                            (0, 0, jnp.inf), logit_multiplier=logit_multiplier,
+                            chunk_size=chunk_size)

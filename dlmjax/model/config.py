@@ -35,15 +35,14 @@ class ModelConfig:
                 raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
         if self.num_heads < 0:
             raise ValueError(f"model.num_heads must be >= 0 (0 derives it), got {self.num_heads}")
-        heads = self.num_heads or self.d_model // self._default_head_dim()
-        if heads < 1 or self.d_model % heads:
-            key = "num_heads" if self.num_heads else "d_model"
-            raise ValueError(f"model.{key}: d_model={self.d_model} does not split into heads "
-                             f"(num_heads={self.num_heads}, default head_dim "
-                             f"{self._default_head_dim()})")
-        if (self.d_model // heads) % 2:
-            raise ValueError(f"model.num_heads: head_dim {self.d_model // heads} must be even "
-                             "for RoPE")
+        if not self.num_heads and self.d_model % self._default_head_dim():
+            raise ValueError(f"model.d_model={self.d_model} is not a multiple of the default "
+                             f"head_dim {self._default_head_dim()}; set model.num_heads")
+        if self.d_model % self.heads:
+            raise ValueError(f"model.num_heads={self.num_heads} does not divide "
+                             f"d_model={self.d_model}")
+        if self.head_dim % 2:
+            raise ValueError(f"model.num_heads: head_dim {self.head_dim} must be even for RoPE")
         for key, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES),
                              ("remat", REMAT_POLICIES), ("parametrization", PARAMETRIZATIONS)):
             if getattr(self, key) not in allowed:

@@ -17,7 +17,7 @@ from dlmjax.diffusion.elbo import token_losses
 from dlmjax.diffusion.forward import sample_zt
 from dlmjax.diffusion.schedule import NOISE_SHIFTS
 from dlmjax.model.config import ModelConfig
-from dlmjax.model.transformer import apply_with_layer_outputs, init_params
+from dlmjax.model.transformer import apply, apply_with_layer_outputs, init_params
 from dlmjax.optim import make_optimizer, scale_by_laprop
 
 REFERENCE_LR = 0.3
@@ -59,7 +59,7 @@ def measure(key, *, cfg: ModelConfig, steps=10, batch_size=8, standard_lr=None):
         return z, jnp.broadcast_to(lam_Bx1, x_BxL.shape)
 
     def loss_fn(params, z, lam):
-        logits, _ = apply_with_layer_outputs(params, z, cfg=cfg)
+        logits = apply(params, z, cfg=cfg)
         loss, _ = token_losses(logits, z, x_BxL, lam, mask_id=mask_id, shift=shift)
         return jnp.mean(loss)
 

@@ -193,7 +193,9 @@ class Transformer(nn.Module):
         final_gain = _param(self, "final_norm", nn.initializers.zeros, (cfg.d_model,),
                             ("norm",), cfg)
         h_BxLxD = rms_norm(h_BxLxD, final_gain).astype(dtype)
-        w_DxV = _param(self, "unembedding", nn.initializers.normal(cfg.head_init_std),
+        head_init = (nn.initializers.normal(cfg.head_init_std) if cfg.head_init_std
+                     else nn.initializers.zeros)
+        w_DxV = _param(self, "unembedding", head_init,
                        (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
         if return_hidden:
             return h_BxLxD

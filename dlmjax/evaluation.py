@@ -1,0 +1,106 @@
+"""What a trained model is used for: samples (texts) and the held-out ELBO of a checkpoint."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlmjax import checkpoint, parallel, train
+from dlmjax import model as model_lib
+from dlmjax.config import MASK_ID, Run
+from dlmjax.diffusion import sampling
+
+TEXT_SOURCES = ("kjv", "tfds", "files")
+
+
+def _tokenizer(run: Run):
+    from dlmjax import data
+
+    return data.load_tokenizer(run.config.data.tokenizer) if (
+        run.config.data.source in TEXT_SOURCES) else None
+
+
+def _decode(tokenizer, tokens_BxL):
+    from dlmjax import data
+
+    if tokenizer is None:
+        return [" ".join(map(str, row)) for row in np.asarray(tokens_BxL)]
+    return data.decode_batch(tokenizer, np.asarray(tokens_BxL))
+
+
+def _model_logits(params, z_BxL, attn_BxLxL, *, cfg):
+    return model_lib.apply(params, z_BxL, attn_BxLxL, cfg=cfg)
+
+
+def _autoregressive_sample(key, params, cfg, batch_size, seq_len, temperature):
+    """Token-by-token sampling for the causal baseline (full recompute; small models only)."""
+    def body(i, carry):
+        tokens_BxL, key = carry
+        key, sub = jax.random.split(key)
+        logits_BxV = model_lib.apply(params, tokens_BxL, cfg=cfg)[:, i - 1]
+        logits_BxV = logits_BxV.at[:, MASK_ID].set(-jnp.inf) / max(temperature, 1e-6)
+        return tokens_BxL.at[:, i].set(jax.random.categorical(sub, logits_BxV)), key
+
+    start_BxL = jnp.zeros((batch_size, seq_len), jnp.int32)  # BOS first
+    return jax.lax.fori_loop(1, seq_len, body, (start_BxL, key))[0]
+
+
+def sample_tokens(params, run: Run, key, num_samples, prompt_BxP=None, prompt_len_B=None):
+    """tokens_BxL from the model with the run's `sample` settings (prompts kept clean)."""
+    s = run.config.sample
+    length = s.length or run.model.seq_len
+    if run.config.objective == "autoregressive":
+        return jax.jit(_autoregressive_sample, static_argnums=(2, 3, 4, 5))(
+            key, params, run.model, num_samples, length, s.temperature)
+    # Partial keeps params a jit argument of the sampler instead of a baked-in constant.
+    logits_fn = jax.tree_util.Partial(functools.partial(_model_logits, cfg=run.model), params)
+    return sampling.sample(
+        key, logits_fn, num_samples, length, vocab_size=run.model.vocab_size, mask_id=MASK_ID,
+        shift=run.shift, num_steps=s.steps, method=s.method, schedule=s.schedule,
+        prompt_BxL=prompt_BxP, prompt_len_B=prompt_len_B, scale=run.config.noise.scale,
+        temperature=s.temperature, top_p=None if s.top_p >= 1.0 else s.top_p,
+        float64=s.float64, block_size=s.block_size or None, logits_fn_accepts_mask=True)
+
+
+def sample_texts(params, run: Run, *, num_samples, prompts=(), seed=0):
+    """Decoded samples: `num_samples` unconditional ones, or that many per prompt."""
+    tokenizer = _tokenizer(run)
+    key = jax.random.key(seed)
+    if not prompts:
+        return _decode(tokenizer, sample_tokens(params, run, key, num_samples))
+    if tokenizer is None:
+        raise ValueError(f"prompts need a text data.source, not {run.config.data.source!r}")
+    encoded = [tokenizer.encode(p).ids for p in prompts for _ in range(num_samples)]
+    longest = max(len(ids) for ids in encoded)
+    if longest >= run.model.seq_len:
+        raise ValueError(f"a prompt has {longest} tokens; model.seq_len is {run.model.seq_len}")
+    prompt_BxP = np.zeros((len(encoded), longest), np.int32)
+    for row, ids in enumerate(encoded):
+        prompt_BxP[row, :len(ids)] = ids
+    prompt_len_B = np.array([len(ids) for ids in encoded], np.int32)
+    tokens = sample_tokens(params, run, key, len(encoded), prompt_BxP, prompt_len_B)
+    return _decode(tokenizer, tokens)
+
+
+def write_samples(workdir, texts, step):
+    path = os.path.join(workdir, f"samples_step{step}.txt")
+    with open(path, "w") as f:
+        f.write("\n\n".join(f"--- sample {i}\n{t}" for i, t in enumerate(texts)) + "\n")
+    return path
+
+
+def restore_params(run: Run, workdir):
+    """(params, step) of the newest checkpoint in workdir, on the run's mesh."""
+    manager = checkpoint.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                      keep=run.config.train.keep_checkpoints)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+    mesh = parallel.make_mesh(**{k: run.mesh_shape[k] for k in ("data", "fsdp", "tensor")})
+    optimizer = train.make_optimizer(run)
+    shardings = train.Shardings(run, mesh, optimizer)
+    state = checkpoint.restore(manager, train.abstract_state(run, shardings, optimizer))
+    manager.close()
+    return state["params"], step

@@ -1,0 +1,304 @@
+"""Train state, the pure train step, and the training loop with checkpoints and metrics.
+
+The state is a plain dict {params, opt_state, step, rng} so orbax saves and restores it as is.
+The per-step key is fold_in(rng, step): a resumed run draws exactly the noise it would have.
+"""
+
+import functools
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from dlmjax import checkpoint, objectives, optim, parallel
+from dlmjax import model as model_lib
+from dlmjax.config import Run
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def make_optimizer(run: Run) -> optax.GradientTransformation:
+    return optim.optimizer_from_hparams(run.optimizer)
+
+
+def init_state(key, run: Run, optimizer):
+    params = model_lib.init_params(key, run.model)
+    return {"params": params, "opt_state": optimizer.init(params),
+            "step": jnp.zeros([], jnp.int32), "rng": jax.random.key_data(key)}
+
+
+def train_step(state, x_BxL, *, run: Run, optimizer):
+    """One optimizer step on a global batch, accumulated over `run.microbatches` passes."""
+    loss_fn = objectives.loss_fn_for(run)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    micro = run.microbatches
+    x_MxBxL = x_BxL.reshape(micro, x_BxL.shape[0] // micro, x_BxL.shape[1])
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def accumulate(carry, inputs):
+        grads_acc, stats_acc = carry
+        index, x_micro = inputs
+        grads, stats = grad_fn(state["params"], x_micro, jax.random.fold_in(key, index))
+        return (jax.tree.map(jnp.add, grads_acc, grads),
+                jax.tree.map(jnp.add, stats_acc, stats)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
+    zero_stats = {k: jnp.zeros([], jnp.float32) for k in ("loss_sum", "elbo_sum", "tokens")}
+    (grads, stats), _ = jax.lax.scan(accumulate, (zeros, zero_stats),
+                                     (jnp.arange(micro), x_MxBxL))
+    # "sum": Σ over each sequence's tokens, averaged over sequences; "mean": per noised token.
+    denom = (x_BxL.shape[0] if run.config.noise.loss_aggregation == "sum"
+             else jnp.maximum(stats["tokens"], 1.0))
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    tokens = jnp.maximum(stats["tokens"], 1.0)
+    metrics = {"loss": stats["loss_sum"] / tokens, "elbo": stats["elbo_sum"] / tokens,
+               "grad_norm": optax.global_norm(grads),
+               "lr": run.optimizer.lr * optim.wsd_schedule(
+                   total_steps=run.steps, warmup_steps=run.optimizer.warmup_steps,
+                   cooldown_fraction=run.optimizer.cooldown_fraction)(state["step"])}
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
+                 "rng": state["rng"]}
+    return new_state, metrics
+
+
+def eval_step(params, x_BxL, key, *, run: Run):
+    """Σ ELBO and noised-token count of one held-out batch (Monte-Carlo λ, fixed key)."""
+    _, stats = objectives.loss_fn_for(run)(params, x_BxL, key)
+    return stats["elbo_sum"], stats["tokens"]
+
+
+@functools.lru_cache(maxsize=1)
+def measured_matmul_flops() -> float:
+    """FLOP/s of one 2048³ float32 matmul on the first device: the MFU ceiling when none is set."""
+    a = jnp.ones((2048, 2048), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best
+
+
+class Shardings:
+    """Every sharding of a run, computed once from the mesh and the model's logical axes."""
+
+    def __init__(self, run: Run, mesh, optimizer):
+        strategy = run.config.mesh.strategy
+        self.mesh = mesh
+        self.params = parallel.param_shardings(run.model, mesh, strategy)
+        abstract = model_lib.abstract_params(run.model)
+        replicated = parallel.replicated(mesh)
+        self.state = {"params": self.params,
+                      "opt_state": parallel.opt_state_shardings(optimizer, abstract, self.params,
+                                                                mesh),
+                      "step": replicated, "rng": replicated}
+        self.batch = parallel.batch_sharding(mesh)
+        self.replicated = replicated
+
+
+def compile_train_step(run: Run, shardings: Shardings, optimizer):
+    step = functools.partial(train_step, run=run, optimizer=optimizer)
+    return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
+                   out_shardings=(shardings.state, shardings.replicated), donate_argnums=0)
+
+
+def abstract_state(run: Run, shardings: Shardings, optimizer):
+    shapes = jax.eval_shape(functools.partial(init_state, run=run, optimizer=optimizer),
+                            jax.random.key(0))
+    return checkpoint.abstract_like(shapes, shardings.state)
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop polls, so the step in flight finishes and is saved."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.array(self.requested))
+        return bool(np.any(flags))
+
+
+class MetricsWriter:
+    """metrics.jsonl (flushed per line) and TensorBoard, on process 0 only."""
+
+    def __init__(self, workdir, resume_step):
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb = None
+        if not self.active:
+            return
+        _truncate_after(self.path, resume_step)
+        self.file = open(self.path, "a")  # noqa: SIM115 — kept open for the run
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, record):
+        if not self.active:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.tb.add_scalar(key, value, record["step"])
+        self.tb.flush()
+
+    def close(self):
+        if self.active:
+            self.file.close()
+            self.tb.close()
+
+
+def _truncate_after(path, step):
+    """Drops metric lines past `step`: a resumed run re-logs them, so none is duplicated."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def _global_batch(local_tokens, sharding):
+    return jax.make_array_from_process_local_data(sharding, np.asarray(local_tokens, np.int32))
+
+
+def evaluate(params, eval_batches, run: Run, shardings: Shardings, eval_fn):
+    """Held-out ELBO in nats per noised token, with the same λ draws at every evaluation."""
+    key = jax.random.key(run.config.seed + 1)
+    elbo_sum = tokens = 0.0
+    for index, batch in enumerate(eval_batches):
+        e, n = eval_fn(params, _global_batch(batch["tokens"], shardings.batch),
+                       jax.random.fold_in(key, index))
+        elbo_sum, tokens = elbo_sum + float(e), tokens + float(n)
+    return elbo_sum / max(tokens, 1.0)
+
+
+def _process_batch(run: Run) -> int:
+    if run.batch_size % jax.process_count():
+        raise ValueError(f"train.batch_size={run.batch_size} is not divisible by the "
+                         f"{jax.process_count()} processes")
+    return run.batch_size // jax.process_count()
+
+
+def train(run: Run, workdir: str, *, progress=True):
+    """Trains (or resumes) the run in `workdir`; returns the final train state.
+
+    Checkpoints go to workdir/checkpoints, metrics to workdir/metrics.jsonl and TensorBoard.
+    SIGTERM saves a checkpoint and returns early; a non-finite loss raises NonFiniteLossError
+    without saving, so the newest checkpoint stays the last good one.
+    """
+    from dlmjax import data
+
+    cfg = run.config
+    mesh = parallel.make_mesh(**{k: run.mesh_shape[k] for k in ("data", "fsdp", "tensor")})
+    optimizer = make_optimizer(run)
+    shardings = Shardings(run, mesh, optimizer)
+    local_batch = _process_batch(run)
+    iterator = data.make_train_iterator(cfg.data, seq_len=run.model.seq_len,
+                                        batch_size=local_batch, seed=cfg.seed,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+    eval_batch = local_batch // run.microbatches
+    eval_batches = data.make_eval_batches(cfg.data, seq_len=run.model.seq_len,
+                                          batch_size=eval_batch, num_batches=cfg.train.eval_batches,
+                                          process_index=jax.process_index(),
+                                          process_count=jax.process_count())
+    manager = checkpoint.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                      keep=cfg.train.keep_checkpoints)
+    with parallel.sharding_context(mesh, cfg.mesh.strategy):
+        step_fn = compile_train_step(run, shardings, optimizer)
+        eval_fn = jax.jit(functools.partial(eval_step, run=run),
+                          in_shardings=(shardings.params, shardings.batch, None))
+        if manager.latest_step() is not None:
+            state = checkpoint.restore(manager, abstract_state(run, shardings, optimizer), iterator)
+            logging.info("resumed from step %d in %s", int(state["step"]), workdir)
+        else:
+            init = jax.jit(functools.partial(init_state, run=run, optimizer=optimizer),
+                           out_shardings=shardings.state)
+            state = init(jax.random.key(cfg.seed))
+        state = _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manager,
+                      workdir, progress)
+    manager.wait_until_finished()
+    manager.close()
+    return state
+
+
+def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manager, workdir,
+          progress):
+    from tqdm import tqdm
+
+    cfg = run.config.train
+    start = int(state["step"])
+    writer = MetricsWriter(workdir, start)
+    preemption = _Preemption()
+    peak = (cfg.peak_flops_per_device or measured_matmul_flops()) * jax.device_count()
+    bar = tqdm(total=run.steps, initial=start, desc=run.config.name, unit="step",
+               disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
+    last_time, last_step, pending = time.perf_counter(), start, []
+    try:
+        for step in range(start + 1, run.steps + 1):
+            x = _global_batch(next(iterator)["tokens"], shardings.batch)
+            state, metrics = step_fn(state, x)
+            pending.append(metrics)
+            bar.update(1)
+            is_last = step == run.steps
+            stop = preemption.agreed()
+            if step % cfg.log_every == 0 or is_last or stop or step % cfg.checkpoint_every == 0:
+                # Checking finiteness before any save keeps the newest checkpoint a good one.
+                host = jax.device_get(pending)
+                pending = []
+                bad = [m for m in host if not all(np.isfinite(v) for v in m.values())]
+                if bad:
+                    good = manager.latest_step()
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient by step {step} ({bad[0]}); stopped without "
+                        f"saving. The last good checkpoint is step {good} in {workdir}.")
+                if step % cfg.log_every == 0 or is_last:
+                    now = time.perf_counter()
+                    tokens_per_s = (step - last_step) * run.tokens_per_step / (now - last_time)
+                    record = {"step": step, "tokens": step * run.tokens_per_step,
+                              "flops": step * run.tokens_per_step * run.flops_per_token,
+                              **{k: float(v) for k, v in host[-1].items()},
+                              "tokens_per_s": tokens_per_s,
+                              "flops_per_s": tokens_per_s * run.flops_per_token,
+                              "mfu": tokens_per_s * run.flops_per_token / peak}
+                    if is_last or (cfg.eval_every and step % cfg.eval_every == 0):
+                        record["eval_elbo"] = evaluate(state["params"], eval_batches, run,
+                                                       shardings, eval_fn)
+                    writer.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", elbo=f"{record['elbo']:.3f}")
+                    last_time, last_step = time.perf_counter(), step
+            if step % cfg.checkpoint_every == 0 or is_last or stop:
+                checkpoint.save(manager, step, state, iterator, force=True)
+            if stop:
+                logging.warning("SIGTERM: saved step %d and stopped", step)
+                break
+    finally:
+        bar.close()
+        writer.close()
+        preemption.restore()
+    return state

@@ -1,0 +1,535 @@
+"""Tests of dlmjax.data: sources, tokenizer, packing, determinism, resumption, sharding, entropy."""
+
+import gzip
+import json
+
+import grain
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from absl import flags
+
+from dlmjax import data
+from dlmjax.data import kjv, synthetic, tokenized
+from dlmjax.data import tokenizer as tok_lib
+
+S, B = 256, 32  # the tiny_cpu-like shape
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data_cache"))
+
+
+@pytest.fixture
+def kjv_cfg(cache_dir):
+    cfg = data.default_data_config()
+    cfg.cache_dir = cache_dir  # tokenise KJV once for the whole session
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def kjv_tok():
+    return data.load_tokenizer("kjv")
+
+
+@pytest.fixture(scope="session")
+def unique_token_docs():
+    """Documents whose ids are all distinct (4..3003), so every row identifies itself."""
+    rng = np.random.default_rng(0)
+    ids = np.arange(4, 3004, dtype=np.uint32)
+    cuts = np.sort(rng.choice(np.arange(1, len(ids)), size=150, replace=False))
+    return np.split(ids, cuts)
+
+
+@pytest.fixture
+def parquet_cfg(tmp_path, unique_token_docs, cache_dir):
+    path = str(tmp_path / "shard.parquet")
+    tokenized.write_token_shard(path, unique_token_docs)
+    cfg = data.default_data_config()
+    cfg.update(
+        source="tokenized", paths=(path,), append_eos=True, vocab_size=4096, cache_dir=cache_dir
+    )
+    return cfg
+
+
+def take(it, n):
+    return [next(it)["tokens"] for _ in range(n)]
+
+
+def assert_same(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        np.testing.assert_array_equal(a, b)
+
+
+def all_rows(rows):
+    return np.stack([rows[i] for i in range(len(rows))])
+
+
+# ------------------------------------------------------------------------------- tokenizer
+
+
+def test_kjv_tokenizer_round_trip_is_lossless(kjv_tok):
+    """Every KJV chapter (train and held-out) decodes back to exactly its text."""
+    chapters = kjv.kjv_chapters("train") + kjv.kjv_chapters("heldout")
+    assert len(chapters) == kjv.NUM_CHAPTERS == 1189
+    encoded = tok_lib.encode_documents(kjv_tok, chapters)
+    for text, ids in zip(chapters, encoded):
+        assert tok_lib.decode(kjv_tok, ids) == text
+    assert kjv_tok.get_vocab_size() == 4096
+    assert [kjv_tok.id_to_token(i) for i in range(4)] == list(tok_lib.SPECIAL_TOKENS)
+    # A 4096-token BPE on English: ~4 bytes per token, i.e. mostly whole words.
+    n_bytes = sum(len(t.encode()) for t in chapters)
+    assert 3.5 < n_bytes / sum(len(e) for e in encoded) < 5.0
+
+
+def test_decode_strips_specials_and_padded_ids(kjv_tok):
+    ids = tok_lib.encode_documents(kjv_tok, ["And God said, Let there be light."])[0]
+    noisy = np.concatenate(
+        [[data.BOS_ID], ids[:3], [data.MASK_ID, data.PAD_ID], ids[3:], [data.EOS_ID, 5000]]
+    )  # 5000: an id of a padded model vocabulary
+    assert data.decode(kjv_tok, noisy) == "And God said, Let there be light."
+    texts = data.decode_batch(kjv_tok, np.stack([ids, ids]))
+    assert texts == ["And God said, Let there be light."] * 2
+
+
+def test_trained_tokenizer_has_specials_at_0_to_3_and_reloads(tmp_path):
+    texts = ["the quick brown fox jumps over the lazy dog"] * 50 + ["ünïcödé text ✓"]
+    tok = data.train_bpe_tokenizer(texts, 300)
+    assert [tok.token_to_id(t) for t in tok_lib.SPECIAL_TOKENS] == [0, 1, 2, 3]
+    path = tmp_path / "tok.json"
+    tok.save(str(path))
+    loaded = data.load_tokenizer(str(path))
+    for text in texts:
+        assert loaded.encode(text).ids == tok.encode(text).ids
+        assert tok_lib.decode(loaded, loaded.encode(text).ids) == text
+
+
+def test_tokenizer_without_specials_is_rejected(tmp_path):
+    import tokenizers
+
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.add_special_tokens(["<s>", "</s>"])
+    path = tmp_path / "bad.json"
+    tok.save(str(path))
+    with pytest.raises(ValueError, match="special token"):
+        data.load_tokenizer(str(path))
+    with pytest.raises(ValueError, match="does not exist"):
+        data.load_tokenizer(str(tmp_path / "missing.json"))
+
+
+# --------------------------------------------------------------------------------- packing
+
+
+def test_kjv_stream_is_documents_joined_by_eos(kjv_cfg, kjv_tok):
+    """EOS after every chapter, nothing else inserted: splitting at EOS recovers the chapters."""
+    for split, kjv_split in (("train", "train"), ("eval", "heldout")):
+        rows = data.packed_rows(kjv_cfg, split=split, seq_len=S)
+        stream = rows.stream.read(0, len(rows.stream))
+        chapters = kjv.kjv_chapters(kjv_split)
+        eos_at = np.flatnonzero(stream == data.EOS_ID)
+        assert len(eos_at) == len(chapters) and eos_at[-1] == len(stream) - 1
+        docs = np.split(stream, eos_at + 1)[:-1]
+        for text, doc in list(zip(chapters, docs))[::10]:  # the full round trip is tested above
+            assert tok_lib.decode(kjv_tok, doc[:-1]) == text
+        assert len(rows) == len(stream) // S
+
+
+def test_one_epoch_sees_every_token_once(kjv_cfg):
+    """Count check: the tokens of the first epoch's rows are exactly the stream minus its tail."""
+    rows = data.packed_rows(kjv_cfg, split="train", seq_len=S)
+    n = len(rows)
+    it = data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=7)
+    epoch = np.concatenate(take(it, -(-n // B)))[:n]  # positions [0, n) are epoch 0
+    stream = rows.stream.read(0, len(rows.stream))
+    assert len(stream) - n * S < S  # only the final partial row is dropped
+    np.testing.assert_array_equal(
+        np.bincount(epoch.ravel(), minlength=4096), np.bincount(stream[: n * S], minlength=4096)
+    )
+    # ... and as whole rows: the epoch is a permutation of the rows.
+    ref = all_rows(rows)
+    np.testing.assert_array_equal(epoch[np.lexsort(epoch.T[::-1])], ref[np.lexsort(ref.T[::-1])])
+
+
+def test_tokenized_parquet_rows_and_epochs(parquet_cfg, unique_token_docs):
+    seq_len, batch = 16, 4
+    rows = data.packed_rows(parquet_cfg, split="train", seq_len=seq_len)
+    held = data.packed_rows(parquet_cfg, split="eval", seq_len=seq_len)
+    expected = np.concatenate([np.append(d, data.EOS_ID) for d in unique_token_docs])
+    np.testing.assert_array_equal(rows.stream.read(0, len(rows.stream)), expected)
+    assert held.start == rows.stop == len(expected) - round(0.05 * len(expected))
+    index_of = {r.tobytes(): i for i, r in enumerate(all_rows(rows))}
+    it = data.make_train_iterator(parquet_cfg, seq_len=seq_len, batch_size=batch, seed=3)
+    order = [index_of[r.tobytes()] for r in np.concatenate(take(it, -(-3 * len(rows) // batch)))]
+    n = len(rows)
+    epochs = [order[e * n : (e + 1) * n] for e in range(3)]
+    for epoch in epochs:
+        assert sorted(epoch) == list(range(n))  # no row lost or repeated within an epoch
+    assert epochs[0] != epochs[1] != epochs[2]  # reshuffled each epoch
+    assert epochs[0] != list(range(n))
+
+
+# ------------------------------------------------------------------------------ determinism
+
+
+def test_same_seed_same_batches_other_seed_other_batches(kjv_cfg):
+    a = take(data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=1), 3)
+    b = take(data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=1), 3)
+    c = take(data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=2), 3)
+    assert_same(a, b)
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].shape == (B, S) and a[0].dtype == np.int32
+
+
+@pytest.mark.parametrize("source", ["kjv", "synthetic_markov"])
+def test_restored_state_continues_with_next_batch(kjv_cfg, source):
+    kjv_cfg.update(source=source, vocab_size=0 if source == "kjv" else 64)
+    it = data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=5)
+    take(it, 4)
+    state = it.get_state()
+    expected = take(it, 3)
+    resumed = data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=5)
+    resumed.set_state(state)
+    assert_same(take(resumed, 3), expected)
+
+
+def test_orbax_checkpoint_of_the_iterator(kjv_cfg, tmp_path):
+    import orbax.checkpoint as ocp
+
+    it = data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=9)
+    take(it, 3)
+    with ocp.CheckpointManager(
+        str(tmp_path / "ckpt"), options=ocp.CheckpointManagerOptions(max_to_keep=1)
+    ) as mgr:
+        mgr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        mgr.wait_until_finished()
+        expected = take(it, 2)
+        resumed = data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=9)
+        mgr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+    assert_same(take(resumed, 2), expected)
+
+
+def test_two_processes_split_each_global_batch(parquet_cfg):
+    """Process shards are disjoint, cover the data, and join into the 1-process global batch."""
+    seq_len, batch = 16, 4
+    n = len(data.packed_rows(parquet_cfg, split="train", seq_len=seq_len))
+    steps = n // (2 * batch)
+    single = take(
+        data.make_train_iterator(parquet_cfg, seq_len=seq_len, batch_size=2 * batch, seed=4), steps
+    )
+    shards = [
+        take(
+            data.make_train_iterator(
+                parquet_cfg,
+                seq_len=seq_len,
+                batch_size=batch,
+                seed=4,
+                process_index=p,
+                process_count=2,
+            ),
+            steps,
+        )
+        for p in range(2)
+    ]
+    for t in range(steps):
+        np.testing.assert_array_equal(np.concatenate([shards[0][t], shards[1][t]]), single[t])
+    seen = [{r.tobytes() for r in np.concatenate(s)} for s in shards]
+    assert not seen[0] & seen[1]
+    assert len(seen[0]) + len(seen[1]) == 2 * batch * steps > n - 2 * batch
+
+
+def test_worker_processes_give_the_same_batches(kjv_cfg):
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (see STACK.md)
+    ref = take(data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=2), 6)
+    kjv_cfg.worker_count = 2
+    it = data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=2)
+    got = take(it, 3)
+    state = it.get_state()
+    got += take(it, 3)
+    assert_same(got, ref)
+    resumed = data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=2)
+    resumed.set_state(state)
+    assert_same(take(resumed, 3), ref[3:])
+
+
+def test_eval_batches_are_fixed_and_held_out(kjv_cfg):
+    a = list(data.make_eval_batches(kjv_cfg, seq_len=S, batch_size=B, num_batches=4))
+    b = list(data.make_eval_batches(kjv_cfg, seq_len=S, batch_size=B, num_batches=4))
+    assert_same([x["tokens"] for x in a], [x["tokens"] for x in b])
+    held = data.packed_rows(kjv_cfg, split="eval", seq_len=S)
+    held_rows = {r.tobytes() for r in all_rows(held)}
+    assert all(r.tobytes() in held_rows for x in a for r in x["tokens"])
+    halves = [
+        list(
+            data.make_eval_batches(
+                kjv_cfg,
+                seq_len=S,
+                batch_size=B // 2,
+                num_batches=4,
+                process_index=p,
+                process_count=2,
+            )
+        )
+        for p in range(2)
+    ]
+    for t in range(4):
+        joined = np.concatenate([halves[0][t]["tokens"], halves[1][t]["tokens"]])
+        np.testing.assert_array_equal(joined, a[t]["tokens"])
+
+
+# -------------------------------------------------------------------------- synthetic
+
+
+def _dense_chain(chain):
+    n = chain.num_states
+    p_NxN = np.zeros((n, n))
+    np.add.at(p_NxN, (np.arange(n)[:, None], chain.successors_NxK), chain.probs_NxK)
+    return p_NxN
+
+
+def test_markov_source_matches_its_entropy_rate():
+    cfg = data.default_data_config()
+    cfg.update(source="synthetic_markov", vocab_size=68, markov_branching=4, synthetic_seed=3)
+    seq_len, batch, num = 128, 64, 8
+    chain = synthetic.make_markov_chain(68, 4, 3)
+    # Float64 reference from the dense matrix: stationary vector by eigendecomposition.
+    p_NxN = _dense_chain(chain)
+    np.testing.assert_allclose(p_NxN.sum(1), 1.0, atol=1e-12)
+    w, v = np.linalg.eig(p_NxN.T)
+    pi_N = np.real(v[:, np.argmin(np.abs(w - 1))])
+    pi_N /= pi_N.sum()
+    np.testing.assert_allclose(chain.stationary_N, pi_N, atol=1e-12)
+    logp_NxN = np.log(np.where(p_NxN > 0, p_NxN, 1.0))
+    rate = -np.sum(pi_N[:, None] * p_NxN * logp_NxN)
+    h_first = -np.sum(pi_N * np.log(pi_N))
+    stated = data.known_entropy(cfg, seq_len)
+    np.testing.assert_allclose(stated["entropy_rate"], rate, rtol=1e-10)
+    np.testing.assert_allclose(
+        stated["row_entropy_per_token"], (h_first + (seq_len - 1) * rate) / seq_len, rtol=1e-10
+    )
+    # Empirical NLL under the true model; rows are i.i.d., so the CLT bounds their mean.
+    rows = np.concatenate(
+        take(data.make_train_iterator(cfg, seq_len=seq_len, batch_size=batch, seed=0), num)
+    ).astype(np.int64)
+    assert rows.min() >= 4 and rows.max() < 68
+    s = rows - 4
+    trans_nll_R = -logp_NxN[s[:, :-1], s[:, 1:]].sum(1)
+    assert np.all(p_NxN[s[:, :-1], s[:, 1:]] > 0)  # only transitions the chain allows
+    row_nll_R = trans_nll_R - np.log(pi_N[s[:, 0]])
+    for nll_R, expected in (
+        (trans_nll_R, (seq_len - 1) * rate),
+        (row_nll_R, seq_len * stated["row_entropy_per_token"]),
+    ):
+        bound = 4.5 * nll_R.std(ddof=1) / np.sqrt(len(nll_R))
+        assert abs(nll_R.mean() - expected) < bound
+    np.testing.assert_allclose(synthetic.markov_log_prob_rows(chain, rows), -row_nll_R, rtol=1e-12)
+
+
+def test_iid_source_matches_its_distribution_and_entropy():
+    cfg = data.default_data_config()
+    cfg.update(source="synthetic_iid", vocab_size=36, iid_zipf_exponent=1.0)
+    p_V = np.zeros(36)
+    p_V[4:] = 1.0 / np.arange(1, 33)
+    p_V /= p_V.sum()
+    h = -np.sum(p_V[4:] * np.log(p_V[4:]))
+    np.testing.assert_allclose(data.known_entropy(cfg, 64)["entropy_rate"], h, rtol=1e-12)
+    tokens = np.concatenate(
+        take(data.make_train_iterator(cfg, seq_len=64, batch_size=32, seed=0), 8)
+    ).ravel()
+    n = len(tokens)
+    freq = np.bincount(tokens, minlength=36) / n
+    assert np.all(np.abs(freq - p_V) <= 5 * np.sqrt(p_V * (1 - p_V) / n) + 1e-12)
+    nll = -np.log(p_V[tokens])
+    sigma = np.sqrt(np.sum(p_V[4:] * np.log(p_V[4:]) ** 2) - h**2)  # exact, i.i.d. tokens
+    assert abs(nll.mean() - h) < 4.5 * sigma / np.sqrt(n)
+
+
+def test_synthetic_rows_independent_of_process_split_and_eval_of_seed():
+    cfg = data.default_data_config()
+    cfg.update(source="synthetic_markov", vocab_size=64)
+    single = take(data.make_train_iterator(cfg, seq_len=32, batch_size=8, seed=1), 2)
+    halves = [
+        take(
+            data.make_train_iterator(
+                cfg, seq_len=32, batch_size=4, seed=1, process_index=p, process_count=2
+            ),
+            2,
+        )
+        for p in range(2)
+    ]
+    for t in range(2):
+        np.testing.assert_array_equal(np.concatenate([halves[0][t], halves[1][t]]), single[t])
+    other_seed = take(data.make_train_iterator(cfg, seq_len=32, batch_size=8, seed=2), 1)
+    assert not np.array_equal(other_seed[0], single[0])
+    ev = [x["tokens"] for x in data.make_eval_batches(cfg, seq_len=32, batch_size=8, num_batches=2)]
+    assert not any(np.array_equal(e, s) for e in ev for s in single)
+    assert_same(
+        ev,
+        [x["tokens"] for x in data.make_eval_batches(cfg, seq_len=32, batch_size=8, num_batches=2)],
+    )
+
+
+# ------------------------------------------------------------------------ other sources
+
+
+def _write_corpus(tmp_path, chapters):
+    """The same chapters as .txt, .jsonl.gz and .parquet files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    third = len(chapters) // 3
+    (tmp_path / "a.txt").write_text("\n\n".join(chapters[:third]) + "\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        for c in chapters[third : 2 * third]:
+            f.write(json.dumps({"body": c, "id": 0}) + "\n")
+    pq.write_table(pa.table({"body": chapters[2 * third :]}), tmp_path / "c.parquet")
+    return [str(tmp_path / n) for n in ("a.txt", "b.jsonl.gz", "c.parquet")]
+
+
+def test_local_files_source(tmp_path, kjv_tok):
+    chapters = kjv.kjv_chapters("heldout")[:30]
+    cfg = data.default_data_config()
+    cfg.update(
+        source="files",
+        paths=tuple(_write_corpus(tmp_path, chapters)),
+        text_field="body",
+        data_dir=str(tmp_path / "tfds"),
+        cache_dir=str(tmp_path / "cache"),
+        heldout_fraction=0.1,
+    )
+    train = data.packed_rows(cfg, split="train", seq_len=32)
+    held = data.packed_rows(cfg, split="eval", seq_len=32)
+    docs = []
+    for rows in (train, held):
+        stream = rows.stream.read(0, len(rows.stream))
+        eos_at = np.flatnonzero(stream == data.EOS_ID)
+        docs += [tok_lib.decode(kjv_tok, d[:-1]) for d in np.split(stream, eos_at + 1)[:-1]]
+    assert len(docs) == 30 and sorted(docs) == sorted(chapters)  # 27 train + 3 held out
+    assert len(np.flatnonzero(held.stream.read(0, len(held.stream)) == data.EOS_ID)) == 3
+    batch = next(data.make_train_iterator(cfg, seq_len=32, batch_size=4, seed=0))["tokens"]
+    assert batch.shape == (4, 32)
+
+
+class TinyText(tfds.core.GeneratorBasedBuilder):
+    """A catalogue-style TFDS dataset with train/validation splits and a nested text field."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({"doc": {"body": tfds.features.Text()}}),
+        )
+
+    def _split_generators(self, dl_manager):
+        chapters = kjv.kjv_chapters("heldout")
+        return {
+            "train": self._generate_examples(chapters[:40]),
+            "validation": self._generate_examples(chapters[40:]),
+        }
+
+    def _generate_examples(self, chapters):
+        for i, c in enumerate(chapters):
+            yield i, {"doc": {"body": c}}
+
+
+def test_tfds_source_by_name(tmp_path):
+    TinyText(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    cfg = data.default_data_config()
+    cfg.update(
+        source="tfds",
+        tfds_name="tiny_text",
+        data_dir=str(tmp_path),
+        text_field="doc/body",
+        eval_split="validation",
+    )
+    eval_rows = data.packed_rows(cfg, split="eval", seq_len=32)
+    stream = eval_rows.stream.read(0, len(eval_rows.stream))
+    assert np.count_nonzero(stream == data.EOS_ID) == 59 - 40
+    batch = next(data.make_train_iterator(cfg, seq_len=32, batch_size=4, seed=0))["tokens"]
+    assert batch.shape == (4, 32)
+    cfg.tfds_name = "no_such_dataset_xyz"
+    with pytest.raises(ValueError, match="no_such_dataset_xyz"):
+        data.make_train_iterator(cfg, seq_len=32, batch_size=4, seed=0)
+    cfg.update(tfds_name="tiny_text", text_field="doc/title")
+    with pytest.raises(ValueError, match="doc/title"):
+        data.packed_rows(cfg, split="train", seq_len=32)
+
+
+@pytest.mark.parametrize("record_length", [0, 16])
+def test_tokenized_array_record_read_in_place(tmp_path, record_length, cache_dir):
+    rng = np.random.default_rng(1)
+    if record_length:  # pre-packed rows, as large runs store them
+        docs = [rng.integers(4, 500, size=record_length) for _ in range(40)]
+    else:
+        docs = [rng.integers(4, 500, size=rng.integers(1, 30)) for _ in range(60)]
+    half = len(docs) // 2
+    paths = [str(tmp_path / "s0.array_record"), str(tmp_path / "s1.array_record")]
+    tokenized.write_token_shard(paths[0], docs[:half], token_dtype="uint16")
+    tokenized.write_token_shard(paths[1], docs[half:], token_dtype="uint16")
+    cfg = data.default_data_config()
+    cfg.update(
+        source="tokenized",
+        paths=(str(tmp_path / "s*.array_record"),),
+        token_dtype="uint16",
+        append_eos=not record_length,
+        record_length=record_length,
+        vocab_size=512,
+        cache_dir=cache_dir,
+    )
+    rows = data.packed_rows(cfg, split="train", seq_len=8)
+    tail = [data.EOS_ID] if not record_length else []
+    expected = np.concatenate([np.append(d, tail) for d in docs]).astype(np.int32)
+    np.testing.assert_array_equal(rows.stream.read(0, len(rows.stream)), expected)
+    np.testing.assert_array_equal(all_rows(rows).ravel(), expected[: len(rows) * 8])
+    assert rows.stop == len(expected) - round(0.05 * len(expected))
+
+
+# ---------------------------------------------------------------------------------- errors
+
+
+def test_clear_errors(tmp_path, unique_token_docs, kjv_cfg):
+    cfg = data.default_data_config()
+    cfg.update(source="files", paths=(str(tmp_path / "nothing*.txt"),))
+    with pytest.raises(ValueError, match="data.paths.*matches no file"):
+        data.packed_rows(cfg, split="train", seq_len=8)
+    (tmp_path / "empty.txt").write_text("")
+    cfg.paths = (str(tmp_path / "empty.txt"),)
+    with pytest.raises(ValueError, match="empty"):
+        data.packed_rows(cfg, split="train", seq_len=8)
+    # Ids beyond the vocabulary: parquet (checked on load) and ArrayRecord (checked on read).
+    tokenized.write_token_shard(str(tmp_path / "t.parquet"), unique_token_docs)
+    tokenized.write_token_shard(str(tmp_path / "t.array_record"), unique_token_docs)
+    cfg.update(source="tokenized", vocab_size=1000)
+    for name in ("t.parquet", "t.array_record"):
+        cfg.paths = (str(tmp_path / name),)
+        with pytest.raises(ValueError, match=r"token id \d+ >= vocab_size 1000"):
+            rows = data.packed_rows(cfg, split="train", seq_len=8)
+            all_rows(rows)
+    # Too small for one batch: the message gives the tokens found and needed.
+    kjv_cfg.source = "kjv"
+    with pytest.raises(ValueError, match=r"found \d+ tokens .*need at least 1073741824 tokens"):
+        data.make_train_iterator(kjv_cfg, seq_len=2**20, batch_size=1024, seed=0)
+    with pytest.raises(ValueError, match="data.source"):
+        data.vocab_size_of(_with(data.default_data_config(), source="wikipedia"))
+    with pytest.raises(ValueError, match="data.vocab_size"):
+        data.vocab_size_of(_with(data.default_data_config(), source="synthetic_iid"))
+
+
+def _with(cfg, **kw):
+    cfg.update(**kw)
+    return cfg
+
+
+def test_default_config_and_benchmark(kjv_cfg):
+    assert data.default_data_config().source in data.SOURCES
+    assert data.vocab_size_of(data.default_data_config()) == 4096
+    stats = data.benchmark_pipeline(kjv_cfg, seq_len=S, batch_size=B, num_batches=20)
+    assert stats["seq_len"] == S and stats["batch_size"] == B
+    np.testing.assert_allclose(
+        stats["pipeline_tokens_per_s"], stats["pipeline_batches_per_s"] * S * B, rtol=1e-9
+    )
+    assert stats["pipeline_tokens_per_s"] > 0 and stats["pipeline_setup_s"] > 0
