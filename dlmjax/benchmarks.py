@@ -62,8 +62,85 @@ def loss_memory_report(batch=2, length=2048, d_model=512, vocab_size=131072, chu
             "ratio": chunked_bytes / naive_bytes}
 
 
+def _tiny_run():
+    import os
+    import sys
+
+    from dlmjax import config as config_lib
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from experiments import tiny_cpu
+
+    return config_lib.derive(tiny_cpu.get_config(), num_devices=1)
+
+
+def _median_seconds(fn, repeats=5):
+    import statistics
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def train_step_report(repeats=5):
+    """The tiny_cpu train step on one device: tokens/s and FLOP/s over this process's matmul."""
+    import functools
+
+    from dlmjax import parallel, train
+
+    run = _tiny_run()
+    device = jax.devices()[:1]
+    mesh = parallel.make_mesh(1, 1, 1, devices=device)
+    optimizer = train.make_optimizer(run)
+    shardings = train.Shardings(run, mesh, optimizer)
+    with parallel.sharding_context(mesh, run.config.mesh.strategy):
+        step = train.compile_train_step(run, shardings, optimizer)
+        state = jax.jit(functools.partial(train.init_state, run=run, optimizer=optimizer),
+                        out_shardings=shardings.state)(jax.random.key(0))
+        x = jax.device_put(jnp.full((run.batch_size, run.model.seq_len), 7, jnp.int32),
+                           shardings.batch)
+        holder = [state]
+
+        def one_step():
+            holder[0], metrics = step(holder[0], x)
+            jax.block_until_ready(metrics)
+
+        seconds = _median_seconds(one_step, repeats)
+    tokens_per_s = run.tokens_per_step / seconds
+    m = run.model
+    # Everything the step multiplies: M plus the embedding-free head (6·D·V per token).
+    step_flops_per_token = run.flops_per_token + 6 * m.d_model * m.vocab_size
+    matmul = train.measured_matmul_flops()
+    return {"step_seconds": seconds, "train_tokens_per_s": tokens_per_s,
+            "achieved_flops_per_s": tokens_per_s * step_flops_per_token,
+            "matmul_flops_per_s": matmul,
+            "flops_ratio": tokens_per_s * step_flops_per_token / matmul}
+
+
+def pipeline_report():
+    """The KJV pipeline's tokens/s next to what the tiny train step consumes (goal: ≥ 10×)."""
+    from dlmjax import data
+
+    run = _tiny_run()
+    pipeline = data.benchmark_pipeline(run.config.data, seq_len=run.model.seq_len,
+                                       batch_size=run.batch_size)
+    step = train_step_report(repeats=3)
+    return {"pipeline_tokens_per_s": pipeline["pipeline_tokens_per_s"],
+            "train_tokens_per_s": step["train_tokens_per_s"],
+            "ratio": pipeline["pipeline_tokens_per_s"] / step["train_tokens_per_s"]}
+
+
 # Name → zero-argument function returning a dict of figures; `tools/bench.py` prints each.
 BENCHMARKS = {
     "loss_memory (chunked / naive temp bytes of value-and-grad, B2 L2048 D512 V131072)":
         loss_memory_report,
+    "train_step (tiny_cpu on one CPU device; FLOP/s over the same process's matmul FLOP/s)":
+        train_step_report,
+    "data_pipeline (KJV pipeline tokens/s over tiny train-step tokens/s; goal >= 10)":
+        pipeline_report,
 }

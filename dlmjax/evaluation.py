@@ -1,6 +1,7 @@
 """What a trained model is used for: samples (texts) and the held-out ELBO of a checkpoint."""
 
 import functools
+import json
 import os
 
 import jax
@@ -104,3 +105,48 @@ def restore_params(run: Run, workdir):
     state = checkpoint.restore(manager, train.abstract_state(run, shardings, optimizer))
     manager.close()
     return state["params"], step
+
+
+def _bytes_per_token(tokenizer, batches):
+    """Mean UTF-8 bytes per ordinary (non-special) token of the evaluated rows."""
+    from dlmjax import data
+
+    num_bytes = num_tokens = 0
+    for batch in batches:
+        tokens = np.asarray(batch["tokens"])
+        num_bytes += sum(len(t.encode()) for t in data.decode_batch(tokenizer, tokens))
+        num_tokens += int(np.sum(tokens > MASK_ID))
+    return num_bytes / max(num_tokens, 1)
+
+
+def evaluate_checkpoint(run: Run, workdir):
+    """Held-out ELBO (nats/token) with its standard error, PPL and bits/byte of the newest
+    checkpoint, on the deterministic λ grid; also written to workdir/eval_step<N>.json."""
+    from dlmjax import data
+    from dlmjax.diffusion import likelihood
+
+    cfg = run.config
+    params, step = restore_params(run, workdir)
+    batches = list(data.make_eval_batches(cfg.data, seq_len=run.model.seq_len,
+                                          batch_size=run.batch_size // run.microbatches,
+                                          num_batches=cfg.eval.batches))
+    tokenizer = _tokenizer(run)
+    bytes_per_token = _bytes_per_token(tokenizer, batches) if tokenizer else None
+    if cfg.objective == "autoregressive":
+        eval_fn = jax.jit(functools.partial(train.eval_step, run=run))
+        sums = [eval_fn(params, b["tokens"], jax.random.key(0)) for b in batches]
+        nats = sum(float(s[0]) for s in sums) / sum(float(s[1]) for s in sums)
+        result = {"elbo_nats_per_token": nats, "stderr": 0.0, "perplexity": float(np.exp(nats)),
+                  "bits_per_byte": (nats / np.log(2) / bytes_per_token
+                                    if bytes_per_token else None)}
+    else:
+        logits_fn = jax.tree_util.Partial(functools.partial(_model_logits, cfg=run.model), params)
+        result = likelihood.evaluate_elbo(
+            jax.random.key(cfg.seed), logits_fn, batches, mask_id=MASK_ID, shift=run.shift,
+            scale=cfg.noise.scale, method="grid", num_points=cfg.eval.grid_points,
+            bytes_per_token=bytes_per_token, logits_fn_accepts_mask=True).as_dict()
+    result.update(step=step, bytes_per_token=bytes_per_token, grid_points=cfg.eval.grid_points)
+    path = os.path.join(workdir, f"eval_step{step}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    return result

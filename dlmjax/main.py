@@ -7,6 +7,7 @@ perplexity of the latest checkpoint), sample (texts from the latest checkpoint) 
 
 import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -141,17 +142,39 @@ def _print_samples(texts, path):
     print(f"(written to {path})")
 
 
+def _unknown_override(error):
+    """The --config.* argument behind ml_collections' raw "Did you mean" error, if any."""
+    match = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', str(error))
+    words = match.groups()[::-1] if match else re.findall(r"\w+", str(error))[:1]
+    if not words:
+        return None
+    for arg in sys.argv[1:]:
+        path = arg.split("=", 1)[0]
+        if path.startswith("--config.") and words[0] in path.split(".")[1:]:
+            hint = f' Did you mean "{words[1]}"?' if match else ""
+            return f"unknown config key in {path}.{hint}"
+    return None
+
+
 def run_main():
+    from dlmjax.config import ConfigError
+
     try:
         app.run(main)
-    except Exception as e:
-        # Config key typos surface as raw AttributeError/KeyError from ml_collections.
-        from dlmjax.config import ConfigError
-
-        if isinstance(e, ConfigError):
-            print(f"config error: {e}", file=sys.stderr)
-            sys.exit(2)
-        raise
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (FileNotFoundError, ValueError) as e:
+        # Bad input (missing files, corpus too small, ...): the message names it.
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as e:
+        # A typo in an override key surfaces from ml_collections as a raw lookup error.
+        message = _unknown_override(e)
+        if message is None:
+            raise
+        print(f"config error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ def wsd_schedule(*, total_steps, warmup_steps=2000, cooldown_fraction=0.0):
 
     Warm-up s = (k + 1)/W for k < W (so s reaches 1 at k = W − 1), then 1, then over the final
     C = round(cooldown_fraction·total_steps) steps s = 1 − √((k − k0)/C) with k0 = total − C
-    (1 at the cooldown's first step, reaching 0 at k = total, one step after the last). Where warm-up
-    and cooldown overlap the smaller factor wins.
+    (1 at the cooldown's first step, reaching 0 at k = total, one step after the last).
+    Where warm-up and cooldown overlap the smaller factor wins.
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be positive, got {total_steps}")

@@ -1,6 +1,8 @@
 """The transformer: parameter counts, a float64 NumPy transcription of the forward pass, masking,
 rematerialisation, precision, the CompleteP coordinate check and a short training run."""
 
+import dataclasses
+import functools
 import math
 
 import jax
@@ -137,20 +139,31 @@ def _random_params(seed, cfg, scale=0.3):
 
 
 # Jitted entry points (eager Flax dispatches op by op, which costs far more than compiling).
-_apply = jax.jit(apply, static_argnames=("cfg", "return_hidden"))
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _logits_and_hidden(params, tokens, mask=None, *, cfg):
+    return (apply(params, tokens, mask, cfg=cfg),
+            apply(params, tokens, mask, cfg=cfg, return_hidden=True))
+
+
 _init = jax.jit(init_params, static_argnums=1)
+SMALL = dict(vocab_size=24, num_layers=2, d_model=64, num_heads=4, seq_len=12, remat="none")
+# Also the training test's model, so that its init program is compiled once.
+TINY = ModelConfig(vocab_size=32, num_layers=2, d_model=64, seq_len=16, dtype="float32",
+                   remat="dots")
+
+
+def _prompt_mask(noisy_BxL):
+    """Prompt conditioning: attn[q, k] = noisy[q] >= noisy[k] (clean queries see clean keys)."""
+    return noisy_BxL[:, :, None] >= noisy_BxL[:, None, :]
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_forward_matches_numpy_float64(causal):
-    cfg = ModelConfig(vocab_size=24, num_layers=2, d_model=64, num_heads=4, seq_len=12,
-                      dtype="float32", remat="none", causal=causal)
+    cfg = ModelConfig(**SMALL, dtype="float32", causal=causal)
     params = _random_params(0, cfg)
     rng = np.random.default_rng(1)
-    tokens, noisy = rng.integers(0, 24, (2, 12)), rng.random((2, 12)) < 0.5
-    mask = noisy[:, :, None] >= noisy[:, None, :]  # prompt conditioning: clean q sees clean k only
-    logits = _apply(params, jnp.asarray(tokens), jnp.asarray(mask), cfg=cfg)
-    hidden = _apply(params, jnp.asarray(tokens), jnp.asarray(mask), cfg=cfg, return_hidden=True)
+    tokens, mask = rng.integers(0, 24, (2, 12)), _prompt_mask(rng.random((2, 12)) < 0.5)
+    logits, hidden = _logits_and_hidden(params, jnp.asarray(tokens), jnp.asarray(mask), cfg=cfg)
     ref_logits, ref_hidden = _np_forward(params, tokens, mask, cfg)
     assert logits.dtype == jnp.float32 and logits.shape == (2, 12, 24)
     np.testing.assert_allclose(np.asarray(logits), ref_logits, rtol=2e-4, atol=2e-4)
@@ -159,57 +172,56 @@ def test_forward_matches_numpy_float64(causal):
 
 def test_mask_and_causality_hide_keys():
     """Tokens a query may not attend to (mask False / future positions) do not change its output."""
-    base = dict(vocab_size=24, num_layers=2, d_model=64, num_heads=2, seq_len=8, dtype="float32",
-                remat="none")
-    cfg = ModelConfig(**base)
-    params = _random_params(0, cfg)
-    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 24, (1, 8)))
-    changed = tokens.at[0, 5:].set((tokens[0, 5:] + 1) % 24)  # positions 5..7 differ
-    noisy = jnp.arange(8)[None] >= 5  # positions 0..4 are a clean prompt
-    mask = noisy[:, :, None] >= noisy[:, None, :]
-    out, out_changed = (_apply(params, t, mask, cfg=cfg) for t in (tokens, changed))
-    np.testing.assert_array_equal(out[0, :5], out_changed[0, :5])
-    assert np.abs(out[0, 5:] - out_changed[0, 5:]).max() > 1e-3
-    causal = ModelConfig(**base, causal=True)
-    out, out_changed = (_apply(params, t, cfg=causal) for t in (tokens, changed))
-    np.testing.assert_array_equal(out[0, :5], out_changed[0, :5])
+    params = _random_params(0, ModelConfig(**SMALL, dtype="float32"))
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 24, (2, 12)))
+    changed = tokens.at[:, 7:].set((tokens[:, 7:] + 1) % 24)  # positions 7..11 differ
+    mask = _prompt_mask(jnp.broadcast_to(jnp.arange(12) >= 7, (2, 12)))  # 0..6: clean prompt
+    for causal, mask_or_none in ((False, mask), (True, None)):
+        cfg = ModelConfig(**SMALL, dtype="float32", causal=causal)
+        (out, _), (out_changed, _) = (_logits_and_hidden(params, t, mask_or_none, cfg=cfg)
+                                      for t in (tokens, changed))
+        np.testing.assert_array_equal(out[:, :7], out_changed[:, :7])
+        assert np.abs(out[:, 7:] - out_changed[:, 7:]).max() > 1e-3
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    """bf16 matmuls with float32 norms and softmax; parameters keep their float32 dtype."""
+    cfg32, cfg16 = (ModelConfig(**SMALL, dtype=d) for d in ("float32", "bfloat16"))
+    params = _random_params(0, cfg32, scale=0.1)
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(0, 24, (2, 12)))
+    mask = jnp.asarray(_prompt_mask(rng.random((2, 12)) < 0.5))
+    logits32, _ = _logits_and_hidden(params, tokens, mask, cfg=cfg32)
+    logits16, hidden16 = _logits_and_hidden(params, tokens, mask, cfg=cfg16)
+    assert hidden16.dtype == jnp.bfloat16 and logits16.dtype == jnp.float32
+    assert np.linalg.norm(logits16 - logits32) / np.linalg.norm(logits32) < 3e-2
+
+
+def test_rematerialisation_keeps_gradients():
+    cfg = ModelConfig(**SMALL, dtype="float32")
+    params = _random_params(0, cfg, scale=0.1)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 24, (2, 12)))
+
+    @jax.jit
+    def grads(p):
+        return [jax.grad(lambda q, c=c: jnp.sum(apply(q, tokens, cfg=c) ** 2))(p)
+                for c in (cfg, dataclasses.replace(cfg, remat="full"))]
+
+    g_none, g_full = grads(params)
+    for a, b in zip(jax.tree.leaves(g_none), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_init_scales():
-    cfg = ModelConfig(vocab_size=64, num_layers=4, d_model=256, dtype="float32")
-    params = _init(jax.random.key(0), cfg)
+    params = _init(jax.random.key(1), TINY)
     tree = _leaves_by_name(params)
     assert np.std(tree["embedding"]) == pytest.approx(0.02, rel=0.05)
-    assert np.std(tree["layers/mlp/up_kernel"]) == pytest.approx(0.4 / 16, rel=0.05)
+    assert np.std(tree["layers/mlp/up_kernel"]) == pytest.approx(0.4 / 8, rel=0.05)
+    assert np.std(tree["layers/attn/q_kernel"]) == pytest.approx(0.4 / 8, rel=0.05)
     for name in ("unembedding", "final_norm", "layers/attn/sink_key", "layers/attn/sink_value",
                  "layers/attn/q_norm", "layers/mlp/up_bias", "layers/mlp_norm"):
         assert not np.any(tree[name]), name
-    assert head_kernel(params).shape == (256, 64)
-    tokens = jnp.arange(16)[None] % 64
-    assert not np.any(_apply(params, tokens, cfg=cfg))  # zero head: uniform prediction at init
-
-
-def test_remat_and_precision():
-    base = dict(vocab_size=32, num_layers=2, d_model=64, seq_len=8)
-    cfg = ModelConfig(**base, dtype="float32", remat="none")
-    params = _random_params(0, cfg, scale=0.1)
-    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 32, (2, 8)))
-
-    @jax.jit
-    def grads_and_outputs(p):
-        g_none, g_dots = (jax.grad(lambda q: jnp.sum(apply(q, tokens, cfg=c) ** 2))(p)
-                          for c in (cfg, ModelConfig(**base, dtype="float32", remat="dots")))
-        cfg16 = ModelConfig(**base, dtype="bfloat16", remat="full")
-        return (g_none, g_dots, apply(p, tokens, cfg=cfg16, return_hidden=True),
-                apply(p, tokens, cfg=cfg), apply(p, tokens, cfg=cfg16))
-
-    g_none, g_dots, hidden, logits32, logits16 = grads_and_outputs(params)
-    for a, b in zip(jax.tree.leaves(g_none), jax.tree.leaves(g_dots)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    # bfloat16 compute (float32 norms and softmax) stays close to float32; params keep their dtype.
-    assert hidden.dtype == jnp.bfloat16 and logits16.dtype == jnp.float32
-    rel = np.linalg.norm(logits16 - logits32) / np.linalg.norm(logits32)
-    assert rel < 3e-2
+    assert head_kernel(params).shape == (64, 32)
 
 
 def test_coordinate_check_completep_vs_standard():
@@ -236,7 +248,7 @@ def test_coordinate_check_completep_vs_standard():
 
 
 def test_short_training_halves_the_loss():
-    cfg = ModelConfig(vocab_size=32, num_layers=2, d_model=64, seq_len=16, dtype="float32")
+    cfg = TINY
     rng = np.random.default_rng(0)
     x = rng.integers(1, 32, (8, 16))
     lam = rng.uniform(-2.0, 2.0, (8, 1)) * np.ones((1, 16), np.float32)

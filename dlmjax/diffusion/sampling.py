@@ -126,7 +126,7 @@ def _sampling_logits(logits, bias, threshold, temperature):
     if threshold is not None:
         out = jnp.where(logits >= threshold, out, -jnp.inf)
     if temperature == 0:
-        return out * 0.0  # the arg-max set (kept by the threshold) becomes uniform; −inf stays
+        return jnp.where(out > -jnp.inf, 0.0, -jnp.inf).astype(out.dtype)  # uniform on the arg-max
     return out if temperature == 1.0 else out / temperature
 
 
@@ -166,19 +166,34 @@ def _group_size(vocab_size):
 def _make_xhat(logits_BxLxV, *, mask_id, temperature=1.0, top_k=None, top_p=None,
                dtype=jnp.float32):
     *lead, vocab_size = logits_BxLxV.shape
+    group = _group_size(vocab_size)
     logits_BxLxV = logits_BxLxV.astype(dtype)
     bias_V = jnp.where(jnp.arange(vocab_size) == mask_id, -jnp.inf, 0.0).astype(dtype)
     threshold_BxL = _threshold(logits_BxLxV, bias_V, temperature=temperature, top_k=top_k,
                                top_p=top_p)
-    group = _group_size(vocab_size)
     logits_BxLxNxS = logits_BxLxV.reshape(*lead, vocab_size // group, group)
     bias_NxS = bias_V.reshape(-1, group)
-    sampling_BxLxNxS = _sampling_logits(
-        logits_BxLxNxS, bias_NxS,
-        None if threshold_BxL is None else threshold_BxL[..., None, None], temperature)
+    if threshold_BxL is None and temperature == 1.0:
+        # Plain reductions over the raw logits (an elementwise producer such as the mask bias
+        # would be materialised first on CPU); the mask's group is redone from a slice below.
+        sampling_BxLxNxS = logits_BxLxNxS
+    else:
+        sampling_BxLxNxS = _sampling_logits(
+            logits_BxLxNxS, bias_NxS,
+            None if threshold_BxL is None else threshold_BxL[..., None, None], temperature)
     group_top_BxLxN = jnp.max(sampling_BxLxNxS, axis=-1)
+    has_mask = 0 <= mask_id < vocab_size
+    if has_mask:
+        mask_group = mask_id // group
+        mask_group_BxLxS = jnp.where(jnp.arange(group) == mask_id % group, -jnp.inf,
+                                     sampling_BxLxNxS[..., mask_group, :])
+        group_top_BxLxN = group_top_BxLxN.at[..., mask_group].set(
+            jnp.max(mask_group_BxLxS, axis=-1))
     top_BxL = jnp.max(group_top_BxLxN, axis=-1)
     mass_BxLxN = jnp.sum(jnp.exp(sampling_BxLxNxS - top_BxL[..., None, None]), axis=-1)
+    if has_mask:
+        mass_BxLxN = mass_BxLxN.at[..., mask_group].set(
+            jnp.sum(jnp.exp(mask_group_BxLxS - top_BxL[..., None]), axis=-1))
     return _Xhat(logits_BxLxNxS, bias_NxS, threshold_BxL, temperature, group_top_BxLxN, top_BxL,
                  mass_BxLxN)
 
@@ -333,8 +348,8 @@ def adaptive_step(key, z_BxL, logits_BxLxV, *, tokens_per_step, mask_id, shift, 
 
     Only positions in `update_BxL` with a positive score are candidates: under masked noise a clean
     token has π_{λmin}(z) = 0 and is never touched. temperature 0 writes the arg-max of x̂,
-    otherwise a draw from the tempered x̂ (which also defines the score). Exact ties are broken at
-    random.
+    otherwise a draw from the tempered x̂. The score uses the tempered x̂ (x̂ itself when greedy).
+    Exact ties are broken at random.
     """
     vocab_size = logits_BxLxV.shape[-1]
     batch_size, seq_len = z_BxL.shape
@@ -342,8 +357,8 @@ def adaptive_step(key, z_BxL, logits_BxLxV, *, tokens_per_step, mask_id, shift, 
     bits_2xBxL = jax.random.bits(key_bits, (2, *z_BxL.shape), jnp.uint32)
     with _precision(float64):
         dtype = jnp.float64 if float64 else jnp.float32
-        xhat = _make_xhat(logits_BxLxV, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                          top_p=top_p, dtype=dtype)
+        xhat = _make_xhat(logits_BxLxV, mask_id=mask_id, temperature=temperature or 1.0,
+                          top_k=top_k, top_p=top_p, dtype=dtype)
         log_norm_BxL = _log_normalizer(xhat)
         # max_v x̂_v − x̂(z), with max x̂ = exp(top − log normaliser)
         gain_BxL = (jnp.exp(xhat.top_BxL - log_norm_BxL)

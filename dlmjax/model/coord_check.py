@@ -25,24 +25,35 @@ REFERENCE_LR = 0.3
 STANDARD_LR = REFERENCE_LR / 128
 
 
-def _rms(x):
-    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
-
-
 def synthetic_batch(key, batch_size, seq_len, vocab_size):
     """Tokens with structure to learn: each sequence repeats a random 4-token motif."""
     motif = jax.random.randint(key, (batch_size, 4), 1, vocab_size)
     return jnp.tile(motif, (1, seq_len // 4 + 1))[:, :seq_len]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "steps", "batch_size", "standard_lr"))
-def measure(key, *, cfg: ModelConfig, steps=10, batch_size=8, standard_lr=None):
-    """Dict of RMS statistics after `steps` optimizer steps (float32 arrays).
+# These programs are small and compile-bound: XLA's backend optimisation costs more than it saves.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
-    init_act_L: RMS of each layer's output at init; delta_L: RMS of its change after the steps;
-    logits: RMS of the logits after the steps. standard_lr: use one LaProp LR for every parameter
-    (the control) instead of the CompleteP groups at η = 0.3.
-    """
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), compiler_options=_FAST_COMPILE)
+def _layer_output_rms(params, params0, tokens_BxL, *, cfg):
+    _, acts0_NxBxLxD = apply_with_layer_outputs(params0, tokens_BxL, cfg=cfg)
+    logits, acts_NxBxLxD = apply_with_layer_outputs(params, tokens_BxL, cfg=cfg)
+    return {
+        "init_act": jax.vmap(_rms)(acts0_NxBxLxD),
+        "delta": jax.vmap(_rms)(acts_NxBxLxD - acts0_NxBxLxD),
+        "logits": _rms(logits),
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "steps", "batch_size", "standard_lr"),
+                   compiler_options=_FAST_COMPILE)
+def _train(key, *, cfg, steps, batch_size, standard_lr):
+    """(params0, params after `steps` steps, evaluation input)."""
     key_init, key_data, key_eval, key_train = jax.random.split(key, 4)
     vocab, mask_id, shift = cfg.vocab_size, 0, NOISE_SHIFTS["masked"]
     x_BxL = synthetic_batch(key_data, batch_size, cfg.seq_len, vocab)
@@ -59,8 +70,8 @@ def measure(key, *, cfg: ModelConfig, steps=10, batch_size=8, standard_lr=None):
         return z, jnp.broadcast_to(lam_Bx1, x_BxL.shape)
 
     def loss_fn(params, z, lam):
-        logits = apply(params, z, cfg=cfg)
-        loss, _ = token_losses(logits, z, x_BxL, lam, mask_id=mask_id, shift=shift)
+        loss, _ = token_losses(apply(params, z, cfg=cfg), z, x_BxL, lam, mask_id=mask_id,
+                               shift=shift)
         return jnp.mean(loss)
 
     def step(carry, k):
@@ -72,14 +83,19 @@ def measure(key, *, cfg: ModelConfig, steps=10, batch_size=8, standard_lr=None):
     params0 = init_params(key_init, cfg)
     (params, _), _ = jax.lax.scan(step, (params0, opt.init(params0)),
                                   jax.random.split(key_train, steps))
-    z_eval, _ = noised(key_eval)
-    _, acts0_NxBxLxD = apply_with_layer_outputs(params0, z_eval, cfg=cfg)
-    logits, acts_NxBxLxD = apply_with_layer_outputs(params, z_eval, cfg=cfg)
-    return {
-        "init_act": jax.vmap(_rms)(acts0_NxBxLxD),
-        "delta": jax.vmap(_rms)(acts_NxBxLxD - acts0_NxBxLxD),
-        "logits": _rms(logits),
-    }
+    return params0, params, noised(key_eval)[0]
+
+
+def measure(key, *, cfg: ModelConfig, steps=10, batch_size=8, standard_lr=None):
+    """Dict of RMS statistics after `steps` optimizer steps (float32 arrays).
+
+    init_act: RMS of each layer's output at init; delta: RMS of its change after the steps;
+    logits: RMS of the logits after the steps. standard_lr: use one LaProp LR for every parameter
+    (the control) instead of the CompleteP groups at η = 0.3.
+    """
+    params0, params, z_eval = _train(key, cfg=cfg, steps=steps, batch_size=batch_size,
+                                     standard_lr=standard_lr)
+    return _layer_output_rms(params, params0, z_eval, cfg=cfg)
 
 
 def coord_check(widths=(128, 256, 512, 1024), depths=(2, 4, 8, 16), *, base_width=128,

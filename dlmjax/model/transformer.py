@@ -216,7 +216,7 @@ def init_params(key, cfg: ModelConfig):
 
 def abstract_params(cfg: ModelConfig):
     """ShapeDtypeStruct tree of the parameters, without allocating them."""
-    return nn.unbox(jax.eval_shape(functools.partial(_boxed_init, cfg=cfg), jax.random.key(0)))
+    return jax.eval_shape(functools.partial(init_params, cfg=cfg), jax.random.key(0))
 
 
 def logical_axes(cfg: ModelConfig):

@@ -6,15 +6,15 @@ so all R refits run as one batched computation instead of a Python loop.
 - Power laws y = A·x^α: Huber regression of log y on log x by iteratively reweighted least
   squares (convex, so IRLS reaches the optimum from OLS).
 - Parametric law L(N, D) = E + A/N^α + B/D^β: Huber (δ = 1e-3) on log L with
-  log L̂ = LSE(a − α·log N, b − β·log D, e); A = eᵃ, B = eᵇ, E = eᵉ. The point fit runs L-BFGS
-  from the best starts of a grid of initialisations; bootstrap refits start from the point
-  estimate and take batched Levenberg–Marquardt steps on the IRLS majoriser of the Huber loss.
+  log L̂ = LSE(a − α·log N, b − β·log D, e); A = eᵃ, B = eᵇ, E = eᵉ. The point fit runs a
+  batched L-BFGS from the best `num_starts` points of a grid of initialisations (all at once);
+  bootstrap refits start from the point estimate and take batched Levenberg–Marquardt steps on
+  the IRLS majoriser of the Huber loss.
 """
 
 import dataclasses
 
 import numpy as np
-import scipy.optimize
 
 PARAMETRIC_DELTA = 1e-3
 _MAD_TO_SIGMA = 1.4826
@@ -114,9 +114,9 @@ class PowerLawFit:
     alpha: float
     A_ci: tuple
     alpha_ci: tuple
-    A_samples: np.ndarray
-    alpha_samples: np.ndarray
-    delta: float
+    A_samples: np.ndarray = dataclasses.field(repr=False)
+    alpha_samples: np.ndarray = dataclasses.field(repr=False)
+    delta: float = 0.0
 
     def __call__(self, x):
         return self.A * np.asarray(x, np.float64) ** self.alpha
@@ -131,7 +131,8 @@ class PowerLawFit:
 def power_law_from_samples(A, alpha, A_samples, alpha_samples, delta, level=0.95) -> PowerLawFit:
     ok = np.isfinite(A_samples) & np.isfinite(alpha_samples)
     A_samples, alpha_samples = A_samples[ok], alpha_samples[ok]
-    return PowerLawFit(float(A), float(alpha), tuple(map(float, percentile_interval(A_samples, level))),
+    return PowerLawFit(float(A), float(alpha),
+                       tuple(map(float, percentile_interval(A_samples, level))),
                        tuple(map(float, percentile_interval(alpha_samples, level))),
                        A_samples, alpha_samples, float(delta))
 
@@ -233,29 +234,90 @@ def _to_params(theta, n0, d0) -> dict:
             "E": float(np.exp(e)), "alpha": float(alpha), "beta": float(beta)}
 
 
+def _huber_value_and_grad(theta_Rx5, n_n, d_n, y_n, delta):
+    pred, jac = _lse_terms(theta_Rx5, n_n, d_n)
+    r = pred - y_n[None]
+    psi = np.clip(r, -delta, delta)
+    return huber(r, delta).sum(1), np.matmul(psi[:, None, :], jac)[:, 0]
+
+
+def batched_lbfgs(value_and_grad, x0_Rxk, *, memory: int = 10, max_iter: int = 500,
+                  gtol: float = 1e-10, ftol: float = 1e-14):
+    """L-BFGS on R independent problems at once (two-loop recursion, Armijo backtracking).
+
+    value_and_grad maps (R', k) points to ((R',) values, (R', k) gradients). Returns (x, f).
+    """
+    x = np.array(x0_Rxk, np.float64)
+    num, dim = x.shape
+    f, g = value_and_grad(x)
+    s_hist = np.zeros((num, memory, dim))
+    y_hist = np.zeros((num, memory, dim))
+    rho = np.zeros((num, memory))
+    active = np.isfinite(f)
+    for it in range(max_iter):
+        idx = np.nonzero(active)[0]
+        if idx.size == 0:
+            break
+        gi, sh, yh, rh = g[idx], s_hist[idx], y_hist[idx], rho[idx]
+        order = [(it - 1 - j) % memory for j in range(memory)]      # newest first
+        q, alphas = gi.copy(), []
+        for j in order:
+            a = rh[:, j] * np.einsum("rk,rk->r", sh[:, j], q)
+            q -= a[:, None] * yh[:, j]
+            alphas.append(a)
+        newest = order[0]
+        yy = np.einsum("rk,rk->r", yh[:, newest], yh[:, newest])
+        gamma = np.where(rh[:, newest] > 0, 1.0 / np.maximum(rh[:, newest] * yy, 1e-300), 1.0)
+        r = gamma[:, None] * q
+        for j, a in zip(reversed(order), reversed(alphas)):
+            b = rh[:, j] * np.einsum("rk,rk->r", yh[:, j], r)
+            r += sh[:, j] * (a - b)[:, None]
+        direction = -r
+        slope = np.einsum("rk,rk->r", direction, gi)
+        uphill = ~(slope < 0)
+        direction[uphill] = -gi[uphill]
+        slope[uphill] = -np.einsum("rk,rk->r", gi[uphill], gi[uphill])
+        if it == 0:
+            direction /= np.maximum(np.abs(direction).max(1, keepdims=True), 1.0)
+            slope = np.einsum("rk,rk->r", direction, gi)
+        t = np.ones(idx.size)
+        x_new, f_new, g_new = x[idx].copy(), f[idx].copy(), gi.copy()
+        pending = np.ones(idx.size, bool)
+        for _ in range(40):
+            p = np.nonzero(pending)[0]
+            if p.size == 0:
+                break
+            cand = x[idx[p]] + t[p, None] * direction[p]
+            fc, gc = value_and_grad(cand)
+            ok = np.isfinite(fc) & (fc <= f[idx[p]] + 1e-4 * t[p] * slope[p])
+            x_new[p[ok]], f_new[p[ok]], g_new[p[ok]] = cand[ok], fc[ok], gc[ok]
+            pending[p[ok]] = False
+            t[p[~ok]] *= 0.5
+        slot = it % memory
+        step, dgrad = x_new - x[idx], g_new - gi
+        sy = np.einsum("rk,rk->r", step, dgrad)
+        s_hist[idx, slot], y_hist[idx, slot] = step, dgrad
+        rho[idx, slot] = np.where(sy > 1e-300, 1.0 / np.where(sy > 1e-300, sy, 1.0), 0.0)
+        small = (f[idx] - f_new <= ftol * np.maximum(np.abs(f[idx]), 1e-300)) | (
+            np.abs(g_new).max(1) < gtol)
+        x[idx], f[idx], g[idx] = x_new, f_new, g_new
+        active[idx[small | pending]] = False
+    return x, f
+
+
 def _fit_theta(n_n, d_n, y_n, delta, num_starts):
-    ones = np.ones((1, y_n.size))
     inits = _initial_grid(y_n)
     start_obj = _objective(inits, n_n, d_n, y_n, np.ones((len(inits), y_n.size)), delta)
-    best_theta, best_obj = None, np.inf
-    bounds = [(None, None)] * 3 + [(1e-6, 10.0)] * 2
-
-    def fun(theta):
-        pred, jac = _lse_terms(theta[None], n_n, d_n)
-        r = pred[0] - y_n
-        psi = np.where(np.abs(r) <= delta, r, delta * np.sign(r))
-        return float(huber(r, delta).sum()), psi @ jac[0]
-
-    for i in np.argsort(start_obj)[:num_starts]:
-        res = scipy.optimize.minimize(fun, inits[i], jac=True, method="L-BFGS-B", bounds=bounds,
-                                      options={"maxiter": 500, "ftol": 1e-12, "gtol": 1e-9})
-        if res.fun < best_obj:
-            best_theta, best_obj = res.x, res.fun
-    polished, obj = _lm_refine(best_theta[None], n_n, d_n, y_n, ones, delta)
-    return polished[0] if obj[0] <= best_obj else best_theta
+    starts = inits[np.argsort(start_obj)[:num_starts]]
+    theta, obj = batched_lbfgs(
+        lambda th: _huber_value_and_grad(th, n_n, d_n, y_n, delta), starts)
+    obj = np.where(np.all(theta[:, 3:] > 0, axis=1), obj, np.inf)    # exponents must be > 0
+    best = theta[np.nanargmin(obj)]
+    polished, _ = _lm_refine(best[None], n_n, d_n, y_n, np.ones((1, y_n.size)), delta)
+    return polished[0]
 
 
-def fit_parametric(N, D, L, *, delta: float = PARAMETRIC_DELTA, num_starts: int = 16) -> dict:
+def fit_parametric(N, D, L, *, delta: float = PARAMETRIC_DELTA, num_starts: int = 64) -> dict:
     """L(N, D) = E + A/N^alpha + B/D^beta; returns dict(A, B, E, alpha, beta)."""
     n_n, d_n, y_n, n0, d0 = _prepare(N, D, L)
     return _to_params(_fit_theta(n_n, d_n, y_n, delta, num_starts), n0, d0)
@@ -265,13 +327,13 @@ def fit_parametric(N, D, L, *, delta: float = PARAMETRIC_DELTA, num_starts: int 
 class ParametricFit:
     params: dict                # A, B, E, alpha, beta
     ci: dict                    # name -> (lo, hi)
-    samples: dict               # name -> (R,) bootstrap estimates (failed resamples dropped)
+    samples: dict = dataclasses.field(repr=False)   # name -> (R,) bootstrap estimates
     num_failed: int
 
 
 def bootstrap_parametric(N, D, L, *, n_boot: int = 10_000, seed: int = 0,
                          delta: float = PARAMETRIC_DELTA, level: float = 0.95,
-                         num_starts: int = 16, chunk: int = 2_000) -> ParametricFit:
+                         num_starts: int = 64, chunk: int = 2_000) -> ParametricFit:
     """fit_parametric plus percentile CIs from n_boot case resamples (batched refits)."""
     n_n, d_n, y_n, n0, d0 = _prepare(N, D, L)
     theta0 = _fit_theta(n_n, d_n, y_n, delta, num_starts)

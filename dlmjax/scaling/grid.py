@@ -194,9 +194,10 @@ def grid_point(noise: str, size, batch: int, lr: float, *, tokens: int | None = 
     if in_study and not is_study_point(point):
         lrs = study_lrs(num_layers, d_model, int(batch)) if (
             (num_layers, d_model) in STUDY_SIZES and batch in STUDY_BATCHES) else ()
+        sizes = [size_name(*s) for s in STUDY_SIZES]
         raise ValueError(
-            f"{point.key!r} is not a study grid point (sizes {[size_name(*s) for s in STUDY_SIZES]},"
-            f" batches {STUDY_BATCHES}, lrs for this size/batch {lrs}); pass in_study=False")
+            f"{point.key!r} is not a study grid point (sizes {sizes}, batches {STUDY_BATCHES},"
+            f" lrs for this size/batch {lrs}); pass in_study=False")
     return point
 
 

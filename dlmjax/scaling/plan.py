@@ -104,17 +104,22 @@ class MicroPlan:
 
 def plan_micro_study(budgets=None, *, sizes=MICRO_SIZES, noise_types=("masked", "uniform"),
                      seq_len: int = 128, vocab_size: int = 256, batch: int = 16,
-                     lr: float = 0.1, tokens_per_flop: float = 3.0,
+                     lr: float = 0.1, tokens_per_flop: float = 1.0,
                      margin: float = 1.1) -> MicroPlan:
     """A CPU-sized iso-FLOP study whose predicted optimum lies inside the size range.
 
     No cooldown, so each (noise, size) trains once, to margin × the largest budget, and the
     report reads each budget off the loss curves. The published laws, extrapolated ten orders
     of magnitude down, put M* below any trainable model at CPU budgets; the prior used here is
-    instead a fixed ratio r = D*/M* (tokens per FLOP-per-token at the optimum; r ≈ 3 is the
-    Chinchilla rule D = 20P with M ≈ 6P), so M*(C) = √(C/r). Default budgets put M* at 1/4,
-    1/2 and 3/4 of the sizes' log-range of M. The batch and LR are fixed (the B*/η* laws are
-    meaningless at this scale); sweep them in the config if wanted.
+    instead a fixed ratio r = D*/M* (tokens per FLOP-per-token at the optimum), so
+    M*(C) = √(C/r). r ≈ 3 would be the Chinchilla rule D = 20P with M ≈ 6P; the default r = 1
+    (D ≈ 7P for these shapes) keeps the whole study near 7e12 FLOPs; the CPU cost grows ∝ r.
+    Default budgets put M* at 1/4, 1/2 and 3/4 of the sizes' log-range of M. Batch and LR are
+    fixed (the B*/η* laws mean nothing at this scale).
+
+    The trainer must log often (≥ ~250 records per run: the EMA spans 1/(1 − γ) = 25 records
+    and the curve fit skips the first 10% of steps) and use a warm-up that is short next to
+    the shortest run (the fit also skips optim.warmup_steps).
     """
     m_sizes = sorted(flops.flops_per_token(l, d, seq_len) for l, d in sizes)
     if len(m_sizes) < 3:

@@ -1,0 +1,40 @@
+"""Fit the scaling laws of finished runs and write the report (CSV, markdown, PNG).
+
+  python tools/fit_scaling_laws.py RUN_DIR... [--out DIR] [--budgets 1e18,3e18] [--n_boot N]
+
+A RUN_DIR without config.json is searched for runs below it.
+"""
+
+import argparse
+import sys
+
+from dlmjax.scaling import curves, report, runs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", default="scaling_report", help="output directory")
+    parser.add_argument("--budgets", help="comma-separated FLOP budgets (default: automatic)")
+    parser.add_argument("--n_boot", type=int, default=10_000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--metric", default="elbo", choices=("elbo", "eval_elbo", "loss"))
+    parser.add_argument("--ema_gamma", type=float, default=curves.EMA_GAMMA)
+    parser.add_argument("--scheme", default="residuals", choices=("residuals", "budgets", "both"),
+                        help="Approach-2 bootstrap (see dlmjax.scaling.isoflop.approach2)")
+    parser.add_argument("--no_plots", action="store_true")
+    args = parser.parse_args(argv)
+    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
+    result = report.build_report(runs.find_run_dirs(args.run_dirs), args.out, budgets=budgets,
+                                 n_boot=args.n_boot, seed=args.seed, metric=args.metric,
+                                 ema_gamma=args.ema_gamma, scheme=args.scheme,
+                                 make_plots=not args.no_plots)
+    for path in result["files"]:
+        print(path)
+    for note in result["notes"]:
+        print("note:", note, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
