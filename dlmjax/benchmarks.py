@@ -135,6 +135,23 @@ def pipeline_report():
             "ratio": pipeline["pipeline_tokens_per_s"] / step["train_tokens_per_s"]}
 
 
+def sampler_report():
+    """One ancestral sampler step of the tiny model over one forward pass (goal: ≤ 1.1)."""
+    import functools
+
+    from dlmjax import model as model_lib
+    from dlmjax.config import MASK_ID
+    from dlmjax.diffusion import sampling
+
+    run = _tiny_run()
+    params = model_lib.init_params(jax.random.key(0), run.model)
+    logits_fn = jax.tree_util.Partial(functools.partial(model_lib.apply, cfg=run.model), params)
+    return {method: sampling.benchmark_sampler_step(
+        logits_fn, run.batch_size, run.model.seq_len, vocab_size=run.model.vocab_size,
+        mask_id=MASK_ID, shift=run.shift, method=method)
+        for method in ("ancestral", "adaptive")}
+
+
 # Name → zero-argument function returning a dict of figures; `tools/bench.py` prints each.
 BENCHMARKS = {
     "loss_memory (chunked / naive temp bytes of value-and-grad, B2 L2048 D512 V131072)":
@@ -143,4 +160,6 @@ BENCHMARKS = {
         train_step_report,
     "data_pipeline (KJV pipeline tokens/s over tiny train-step tokens/s; goal >= 10)":
         pipeline_report,
+    "sampler (one sampler step over one forward of the tiny model; goal <= 1.1)":
+        sampler_report,
 }

@@ -10,9 +10,10 @@ import math
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
+
+from dlmjax.model import logical_axes
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -76,8 +77,8 @@ def logical_to_shardings(logical_specs, mesh, strategy):
 
 
 def param_shardings(model_cfg, mesh, strategy):
-    from dlmjax.model import logical_axes  # the model knows its own logical names
-
+    """NamedShardings of the model's parameters. Create them sharded with
+    jax.jit(init_params, static_argnums=1, out_shardings=...) under sharding_context."""
     return logical_to_shardings(logical_axes(model_cfg), mesh, strategy)
 
 
@@ -105,7 +106,3 @@ def sharding_context(mesh, strategy):
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules_for(strategy)):
         yield
 
-
-def shard_shape(array):
-    """Shape of one device's shard (all shards of a NamedSharding have the same shape)."""
-    return tuple(np.shape(array.addressable_shards[0].data))

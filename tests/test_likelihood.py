@@ -33,7 +33,9 @@ def stratified_tokens(batch, length, seed=0):
     return np.random.default_rng(seed).permutation(tokens).reshape(batch, length)
 
 
-# 262,144 tokens: the z noise of the 64-node grid estimate is then about 0.06% (1σ).
+# 262,144 tokens. The z noise of the grid estimate is then about 0.05% (masked, 64 nodes) and
+# 0.06% (uniform-containing noise, 128 nodes: rare z ≠ x draws near α → 1 carry large weights);
+# the truncation to λ ∈ [−9, 9] lowers the bound by a further ~0.06%.
 DATA = stratified_tokens(256, 1024)
 
 
@@ -52,7 +54,8 @@ def test_quadrature_integrates_in_alpha():
 @pytest.mark.parametrize("noise", list(NOISE_SHIFTS))
 def test_grid_elbo_of_the_oracle_is_the_entropy(noise):
     result = LK.evaluate_elbo(jax.random.key(0), oracle, [DATA[:128], DATA[128:]], mask_id=MASK,
-                              shift=NOISE_SHIFTS[noise], method="grid", num_points=64)
+                              shift=NOISE_SHIFTS[noise], method="grid",
+                              num_points=64 if noise == "masked" else 128)
     assert result.num_tokens == DATA.size and result.num_sequences == 256
     assert abs(result.elbo_nats_per_token / ENTROPY - 1) < 2e-3
     assert result.stderr > 0

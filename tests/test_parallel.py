@@ -1,6 +1,7 @@
 """Mesh construction, the rule tables, and sharded = single-device for forward, loss and one
 optimizer step on 8 fake CPU devices."""
 
+import dataclasses
 import functools
 
 import jax
@@ -11,7 +12,7 @@ from jax.sharding import PartitionSpec
 
 from dlmjax import parallel
 from dlmjax.diffusion.elbo import token_losses_from_hidden
-from dlmjax.model import ModelConfig, abstract_params, apply, head_kernel
+from dlmjax.model import ModelConfig, abstract_params, apply, head_kernel, init_params
 from dlmjax.optim import make_optimizer
 
 CFG = ModelConfig(vocab_size=64, num_layers=2, d_model=64, num_heads=4, seq_len=16,
@@ -45,6 +46,26 @@ def test_rule_tables_map_logical_names():
     dp = parallel.param_shardings(CFG, mesh, "dp")
     assert all(s.spec == PartitionSpec(*([None] * len(s.spec))) for s in jax.tree.leaves(dp))
     assert parallel.batch_sharding(mesh).spec == PartitionSpec(("data", "fsdp"), None)
+    # Optimizer state: moments follow their parameter, counts are replicated, also with the
+    # optional clipping and (masked) weight-decay transforms in the chain.
+    opt = make_optimizer(lr=0.3, d_model=64, num_layers=2, total_steps=10, batch_size=8,
+                         weight_decay=0.1, clip_norm=1.0)
+    opt_sh = parallel.opt_state_shardings(opt, abstract_params(CFG), sh, mesh)
+    state = jax.eval_shape(opt.init, abstract_params(CFG))
+    assert jax.tree.structure(opt_sh) == jax.tree.structure(state)
+    laprop_sh = next(x for x in opt_sh if hasattr(x, "nu"))
+    assert laprop_sh.nu == sh and laprop_sh.mu == sh and laprop_sh.count.spec == PartitionSpec()
+
+
+def test_sharded_init_equals_single_device_init():
+    mesh = parallel.make_mesh(data=1, fsdp=2, tensor=4)
+    sh = parallel.param_shardings(CFG, mesh, "fsdp_tp")
+    with parallel.sharding_context(mesh, "fsdp_tp"):
+        sharded = jax.jit(init_params, static_argnums=1, out_shardings=sh)(jax.random.key(3), CFG)
+    single = jax.jit(init_params, static_argnums=1)(jax.random.key(3), CFG)
+    assert sharded["layers"]["mlp"]["up_kernel"].addressable_shards[0].data.shape == (2, 32, 64)
+    for got, want in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
+        np.testing.assert_array_equal(got, want)
 
 
 def _batch():
@@ -69,11 +90,11 @@ OPT = make_optimizer(lr=0.3, d_model=CFG.d_model, num_layers=CFG.num_layers, tot
                      warmup_steps=0, batch_size=BATCH)
 
 
-def _step(params, opt_state, z, x, lam, mask):
+def _step(params, opt_state, z, x, lam, mask, cfg=CFG):
     """Forward logits, summed diffusion loss and one LaProp step."""
 
     def loss_fn(p):
-        h = apply(p, z, mask, cfg=CFG, return_hidden=True)
+        h = apply(p, z, mask, cfg=cfg, return_hidden=True)
         loss, _ = token_losses_from_hidden(h, head_kernel(p), z, x, lam, mask_id=0,
                                            shift=-2.0, logit_multiplier=CFG.logit_multiplier,
                                            chunk_size=32)
@@ -88,8 +109,10 @@ def _step(params, opt_state, z, x, lam, mask):
 
 @functools.cache
 def _single_device_result():
+    """The reference runs without rematerialisation, so the comparison also covers remat."""
     params = _params()
-    return jax.device_get(jax.jit(_step)(params, OPT.init(params), *_batch()))
+    step = jax.jit(functools.partial(_step, cfg=dataclasses.replace(CFG, remat="none")))
+    return jax.device_get(step(params, OPT.init(params), *_batch()))
 
 
 def _assert_close(got, want, rel=1e-5):

@@ -101,13 +101,17 @@ class Attention(nn.Module):
         s_BxHxLxL = cap * jnp.tanh(s_BxHxLxL / cap)
         sink_BxHxL = cap * jnp.tanh(sink_BxHxL / cap)
         if mask_BxLxL is not None:
-            s_BxHxLxL = jnp.where(mask_BxLxL[:, None], s_BxHxLxL, jnp.finfo(jnp.float32).min)
-        # The sink is one more key every query may attend to, so no row is ever fully masked.
-        s_BxHxLx1L = jnp.concatenate([sink_BxHxL[..., None], s_BxHxLxL], axis=-1)
-        p_BxHxLx1L = jax.nn.softmax(s_BxHxLx1L, axis=-1)
-        o_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", p_BxHxLx1L[..., 1:].astype(dtype), v_BxLxHxK,
+            s_BxHxLxL = jnp.where(mask_BxLxL[:, None], s_BxHxLxL, -jnp.inf)
+        # Softmax over the L keys plus the sink, which every query may attend to (so no row is
+        # ever fully masked), normalised after the value matmul: no [B, H, L, L + 1] copy.
+        max_BxHxL = jax.lax.stop_gradient(jnp.maximum(jnp.max(s_BxHxLxL, axis=-1), sink_BxHxL))
+        p_BxHxLxL = jnp.exp(s_BxHxLxL - max_BxHxL[..., None])
+        p_sink_BxHxL = jnp.exp(sink_BxHxL - max_BxHxL)
+        denom_BxHxL = jnp.sum(p_BxHxLxL, axis=-1) + p_sink_BxHxL
+        o_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", p_BxHxLxL.astype(dtype), v_BxLxHxK,
                                preferred_element_type=jnp.float32)
-        o_BxLxHxK += jnp.einsum("bhq,hk->bqhk", p_BxHxLx1L[..., 0], sink_v_HxK.astype(jnp.float32))
+        o_BxLxHxK += jnp.einsum("bhq,hk->bqhk", p_sink_BxHxL, sink_v_HxK.astype(jnp.float32))
+        o_BxLxHxK /= jnp.transpose(denom_BxHxL, (0, 2, 1))[..., None]
         o_BxLxHxK = _constrain(o_BxLxHxK.astype(dtype), ("batch", "length", "act_heads", None))
 
         w_HxKxD = _param(self, "o_kernel", w_init, (H, K, D), ("heads", "kv", "embed"), cfg)

@@ -192,8 +192,8 @@ def _lm_refine(theta_Rx5, n_n, d_n, y_n, w_Rxn, delta, *, max_iter=200, tol=1e-1
         damped = hess + (mu[idx, None] * (diag + 1e-12))[:, :, None] * np.eye(5)[None]
         try:
             step = -np.linalg.solve(damped, grad[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            step = -np.linalg.lstsq(damped[0], grad[0], rcond=None)[0][None]
+        except np.linalg.LinAlgError:     # a term that no point feels leaves a zero row
+            step = -np.matmul(np.linalg.pinv(damped), grad[..., None])[..., 0]
         cand = th + step
         cand[:, 3:] = np.maximum(cand[:, 3:], 1e-6)      # exponents stay positive
         cand_obj = _objective(cand, n_n, d_n, y_n, w, delta)

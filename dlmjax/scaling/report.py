@@ -204,8 +204,12 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
         result["budgets"][noise] = chosen
         points = [dict(noise=noise, **p) for p in isoflop_points(group, chosen)]
         result["isoflop_points"] += points
-        if len({p["size"] for p in points}) < 3:
-            notes.append(f"{noise}: fewer than 3 sizes reach a common budget; no iso-FLOP fits")
+        sizes_at = {}
+        for p in points:
+            sizes_at.setdefault(p["compute"], set()).add(p["size"])
+        points = [p for p in points if len(sizes_at[p["compute"]]) >= 3]   # a parabola needs 3
+        if len({p["compute"] for p in points}) < 2:
+            notes.append(f"{noise}: fewer than 2 budgets reached by ≥ 3 sizes; no iso-FLOP fits")
             continue
         try:
             fits = compute_optimal_fits(points, n_boot=n_boot, seed=seed, scheme=scheme)
