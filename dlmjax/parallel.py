@@ -85,10 +85,9 @@ def param_shardings(model_cfg, mesh, strategy):
 def opt_state_shardings(optimizer, abstract_params, param_shardings_tree, mesh):
     """Each moment sharded like its parameter; counts and other scalars replicated."""
     state = jax.eval_shape(optimizer.init, abstract_params)
-    replicated = NamedSharding(mesh, PartitionSpec())
     return optax.tree_map_params(optimizer, lambda _, sharding: sharding, state,
                                  param_shardings_tree,
-                                 transform_non_params=lambda _: replicated)
+                                 transform_non_params=lambda _: replicated(mesh))
 
 
 def batch_sharding(mesh, ndim=2):

@@ -218,6 +218,10 @@ def train(run: Run, workdir: str, *, progress=True):
     optimizer = make_optimizer(run)
     shardings = Shardings(run, mesh, optimizer)
     local_batch = _process_batch(run)
+    data_vocab = data.vocab_size_of(cfg.data)
+    if data_vocab > run.model.vocab_size:
+        raise ValueError(f"model.vocab_size={run.model.vocab_size} is smaller than the data's "
+                         f"vocabulary of {data_vocab} (data.tokenizer / data.vocab_size)")
     iterator = data.make_train_iterator(cfg.data, seq_len=run.model.seq_len,
                                         batch_size=local_batch, seed=cfg.seed,
                                         process_index=jax.process_index(),

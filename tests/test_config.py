@@ -102,5 +102,9 @@ def test_cli_errors_name_the_key_or_file(tmp_path):
     result = _cli(f"--config={micro}", f"--workdir={tmp_path}", "--mode=eval")
     assert result.returncode != 0 and "no checkpoint in" in result.stderr
     result = _cli(f"--config={micro}", f"--workdir={tmp_path}", "--config.data.source=files",
+                  "--config.data.vocab_size=0", "--config.model.vocab_size=4096",
                   "--config.data.paths=/nonexistent/corpus.txt")
     assert result.returncode != 0 and "/nonexistent/corpus.txt" in result.stderr
+    result = _cli(f"--config={micro}", f"--workdir={tmp_path}", "--config.data.source=kjv",
+                  "--config.data.vocab_size=0")
+    assert result.returncode != 0 and "model.vocab_size=64 is smaller than" in result.stderr
