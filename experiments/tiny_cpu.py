@@ -13,18 +13,18 @@ def get_config():
     c.noise.type = "masked"
     c.model.vocab_size = 4096
     c.model.num_layers = 4
-    c.model.d_model = 256
+    c.model.d_model = 192  # 3 heads of 64
     c.model.seq_len = 128
     c.model.dtype = "float32"  # bfloat16 is not faster on CPUs
     c.model.remat = "none"
     c.train.batch_size = 32
-    c.train.steps = 600
+    c.train.steps = 300
     c.train.log_every = 20
-    c.train.eval_every = 200
+    c.train.eval_every = 100
     c.train.eval_batches = 4
-    c.train.checkpoint_every = 200
+    c.train.checkpoint_every = 100
     c.sample.steps = 128
-    c.optim.warmup_steps = 50
+    c.optim.warmup_steps = 30
     c.optim.cooldown_fraction = 0.2
     c.data.source = "kjv"
     return c

@@ -1,4 +1,4 @@
-"""--mode=describe on the 10B experiment: sizes, FLOPs and AOT-compiled memory, nothing allocated."""
+"""--mode=describe on the 10B experiment: sizes, FLOPs and AOT-compiled memory, no allocation."""
 
 import json
 import os
