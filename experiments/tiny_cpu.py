@@ -1,6 +1,6 @@
 """The embedded default (`make train`): a small masked-diffusion model on the King James Bible.
 
-Runs offline on a laptop CPU (2 cores: about 6 minutes) with the shipped corpus and its
+Runs offline on a laptop CPU (2 cores: about 8 minutes) with the shipped corpus and its
 4096-token BPE, so samples are mostly whole words even from a small model.
 """
 
