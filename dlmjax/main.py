@@ -114,11 +114,11 @@ def _train(run, config, workdir):
             f.write(config.to_json(indent=2))
     state = train.train(run, workdir)
     step = int(state["step"])
-    if step == run.steps and config.sample.num_samples:
+    # Sampling gathers tokens to the host, which one process can do only for its own shards.
+    if step == run.steps and config.sample.num_samples and jax.process_count() == 1:
         texts = evaluation.sample_texts(state["params"], run,
                                         num_samples=config.sample.num_samples)
-        if jax.process_index() == 0:
-            _print_samples(texts, evaluation.write_samples(workdir, texts, step))
+        _print_samples(texts, evaluation.write_samples(workdir, texts, step))
 
 
 def _sample(run, workdir):

@@ -106,9 +106,8 @@ def main(argv):
                 train.train(run, run_dir)
             bar.update(point.compute)
     print(f"trained in {(time.perf_counter() - start) / 60:.1f} min; fitting", flush=True)
-    summary = report.micro_study_report(run_dirs, _OUT.value, micro, n_boot=_BOOTSTRAP.value)
+    report.micro_study_report(run_dirs, _OUT.value, micro, n_boot=_BOOTSTRAP.value)
     print(f"report: {os.path.join(_OUT.value, 'report.md')}")
-    return summary
 
 
 if __name__ == "__main__":
