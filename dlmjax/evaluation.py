@@ -11,9 +11,8 @@ import numpy as np
 from dlmjax import checkpoint, parallel, train
 from dlmjax import model as model_lib
 from dlmjax.config import MASK_ID, Run
+from dlmjax.data.pipeline import TEXT_SOURCES
 from dlmjax.diffusion import sampling
-
-TEXT_SOURCES = ("kjv", "tfds", "files")
 
 
 def _tokenizer(run: Run):

@@ -389,30 +389,13 @@ def make_train_dataset(
     return iter_ds
 
 
-def make_train_iterator(
-    data_cfg,
-    *,
-    seq_len: int,
-    batch_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> grain.DatasetIterator:
+def make_train_iterator(data_cfg, **kwargs) -> grain.DatasetIterator:
     """Checkpointable iterator of {"tokens": int32 [batch_size, seq_len]}, batch_size per process.
 
-    Save/restore with `it.get_state()`/`it.set_state(state)` or orbax
-    `grain.checkpoint.CheckpointSave(it)`/`CheckpointRestore(it)`.
+    Takes make_train_dataset's arguments. Save/restore with `it.get_state()`/`it.set_state(state)`
+    or orbax `grain.checkpoint.CheckpointSave(it)`/`CheckpointRestore(it)`.
     """
-    return iter(
-        make_train_dataset(
-            data_cfg,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            seed=seed,
-            process_index=process_index,
-            process_count=process_count,
-        )
-    )
+    return iter(make_train_dataset(data_cfg, **kwargs))
 
 
 def make_eval_batches(

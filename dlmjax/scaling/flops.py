@@ -57,11 +57,12 @@ def training_flops(num_layers: int, d_model: int, seq_len: int, tokens: float,
                            vocab_size=vocab_size) * float(tokens)
 
 
-def _get(config: dict, dotted: str):
+def config_value(config: dict, dotted: str, source: str = "config"):
+    """config["a"]["b"] for "a.b"; a missing key raises ValueError naming it and `source`."""
     node = config
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise ValueError(f"config is missing key {dotted!r}")
+            raise ValueError(f"{source}: missing config key {dotted!r}")
         node = node[part]
     return node
 
@@ -73,10 +74,10 @@ def config_accounting(config: dict, *, convention: str = "deepseek",
     Reads model.num_layers, model.d_model, model.seq_len, model.vocab_size and, when present,
     train.batch_size and train.steps (then also tokens D and compute C = M·D).
     """
-    num_layers = int(_get(config, "model.num_layers"))
-    d_model = int(_get(config, "model.d_model"))
-    seq_len = int(_get(config, "model.seq_len"))
-    vocab_size = int(_get(config, "model.vocab_size"))
+    num_layers = int(config_value(config, "model.num_layers"))
+    d_model = int(config_value(config, "model.d_model"))
+    seq_len = int(config_value(config, "model.seq_len"))
+    vocab_size = int(config_value(config, "model.vocab_size"))
     m = flops_per_token(num_layers, d_model, seq_len, convention,
                         include_embeddings=include_embeddings, vocab_size=vocab_size)
     out = {

@@ -17,22 +17,13 @@ import os
 
 import numpy as np
 
-from dlmjax.scaling import grid
+from dlmjax.scaling import flops, grid
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 METRIC_FIELDS = ("step", "tokens", "flops", "loss", "elbo", "eval_elbo")
 _REQUIRED_KEYS = ("model.num_layers", "model.d_model", "model.seq_len", "model.vocab_size",
                   "noise.type", "train.batch_size", "optim.lr", "train.steps")
-
-
-def _lookup(config: dict, dotted: str, source: str):
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ValueError(f"{source}: missing config key {dotted!r}")
-        node = node[part]
-    return node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +33,7 @@ class Run:
     metrics: dict               # field -> float64 array over logged steps (NaN where absent)
 
     def get(self, dotted: str):
-        return _lookup(self.config, dotted, os.path.join(self.path, CONFIG_FILE))
+        return flops.config_value(self.config, dotted, os.path.join(self.path, CONFIG_FILE))
 
     @property
     def point(self) -> grid.GridPoint:
@@ -69,7 +60,7 @@ def load_run(run_dir: str) -> Run:
     with open(config_path) as f:
         config = json.load(f)
     for key in _REQUIRED_KEYS:
-        _lookup(config, key, config_path)
+        flops.config_value(config, key, config_path)
     columns = {name: [] for name in METRIC_FIELDS}
     with open(metrics_path) as f:
         for line_no, line in enumerate(f, 1):
