@@ -89,7 +89,12 @@ def derive(config: ConfigDict, num_devices: int) -> Run:
             vocab_size=c.model.vocab_size, num_layers=c.model.num_layers,
             d_model=c.model.d_model, num_heads=c.model.num_heads, seq_len=c.model.seq_len,
             dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
-            causal=c.objective == "autoregressive")
+            causal=c.objective == "autoregressive", attention=c.model.attention,
+            head_dim_override=c.model.head_dim, resid_scale=c.model.resid_scale,
+            head_scaling=c.model.head_scaling, weight_scaling=str(c.model.weight_scaling),
+            mlp_bias=c.model.mlp_bias, attention_sink=c.model.attention_sink,
+            qk_norm=c.model.qk_norm, attn_softcap=c.model.attn_softcap,
+            rope_theta=c.model.rope_theta, norm_eps=c.model.norm_eps)
     except ValueError as e:  # ModelConfig names the model.* key already
         raise ConfigError(str(e)) from None
 

@@ -2,13 +2,12 @@
 
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlmjax import checkpoint, parallel, train
+from dlmjax import checkpoint, fs, parallel, train
 from dlmjax import model as model_lib
 from dlmjax.config import MASK_ID, Run
 from dlmjax.data.pipeline import TEXT_SOURCES
@@ -85,15 +84,15 @@ def sample_texts(params, run: Run, *, num_samples, prompts=(), seed=0):
 
 
 def write_samples(workdir, texts, step):
-    path = os.path.join(workdir, f"samples_step{step}.txt")
-    with open(path, "w") as f:
-        f.write("\n\n".join(f"--- sample {i}\n{t}" for i, t in enumerate(texts)) + "\n")
+    path = fs.join(workdir, f"samples_step{step}.txt")
+    fs.write_text_atomic(path, "\n\n".join(f"--- sample {i}\n{t}" for i, t in enumerate(texts))
+                         + "\n")
     return path
 
 
 def restore_params(run: Run, workdir):
     """(params, step) of the newest checkpoint in workdir, on the run's mesh."""
-    manager = checkpoint.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+    manager = checkpoint.make_manager(fs.join(fs.absolute(workdir), "checkpoints"),
                                       keep=run.config.train.keep_checkpoints)
     step = manager.latest_step()
     if step is None:
@@ -145,7 +144,5 @@ def evaluate_checkpoint(run: Run, workdir):
             scale=cfg.noise.scale, method="grid", num_points=cfg.eval.grid_points,
             bytes_per_token=bytes_per_token, logits_fn_accepts_mask=True).as_dict()
     result.update(step=step, bytes_per_token=bytes_per_token, grid_points=cfg.eval.grid_points)
-    path = os.path.join(workdir, f"eval_step{step}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    fs.write_text_atomic(fs.join(workdir, f"eval_step{step}.json"), json.dumps(result, indent=2))
     return result

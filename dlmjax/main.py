@@ -106,12 +106,11 @@ def main(argv):
 def _train(run, config, workdir):
     import jax
 
-    from dlmjax import evaluation, train
+    from dlmjax import evaluation, fs, train
 
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+        fs.write_text_atomic(fs.join(workdir, "config.json"), config.to_json(indent=2))
     state = train.train(run, workdir)
     step = int(state["step"])
     # Sampling gathers tokens to the host, which one process can do only for its own shards.
@@ -122,14 +121,13 @@ def _train(run, config, workdir):
 
 
 def _sample(run, workdir):
-    from dlmjax import evaluation
+    from dlmjax import evaluation, fs
 
     prompts = list(_PROMPTS.value)
     if _PROMPT_FILE.value:
-        if not os.path.exists(_PROMPT_FILE.value):
+        if not fs.isfile(_PROMPT_FILE.value):
             raise app.UsageError(f"--prompt_file {_PROMPT_FILE.value} does not exist")
-        with open(_PROMPT_FILE.value) as f:
-            prompts += [line.rstrip("\n") for line in f if line.strip()]
+        prompts += [line for line in fs.read_text(_PROMPT_FILE.value).splitlines() if line.strip()]
     params, step = evaluation.restore_params(run, workdir)
     texts = evaluation.sample_texts(params, run, num_samples=_NUM_SAMPLES.value,
                                     prompts=prompts)

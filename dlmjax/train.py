@@ -6,7 +6,6 @@ The per-step key is fold_in(rng, step): a resumed run draws exactly the noise it
 
 import functools
 import json
-import os
 import signal
 import time
 
@@ -17,7 +16,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dlmjax import checkpoint, objectives, optim, parallel
+from dlmjax import checkpoint, fs, objectives, optim, parallel, tensorboard
 from dlmjax import model as model_lib
 from dlmjax.config import Run
 
@@ -143,24 +142,36 @@ class _Preemption:
 
 
 class MetricsWriter:
-    """metrics.jsonl (flushed per line) and TensorBoard, on process 0 only."""
+    """metrics.jsonl and TensorBoard, on process 0 only; local or in a bucket.
+
+    Locally each line is appended and flushed; a bucket has no append, so there the whole file
+    is re-uploaded (one atomic object write) at every record.
+    """
 
     def __init__(self, workdir, resume_step):
         self.active = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = fs.join(workdir, "metrics.jsonl")
         self.tb = None
         if not self.active:
             return
-        _truncate_after(self.path, resume_step)
-        self.file = open(self.path, "a")  # noqa: SIM115 — kept open for the run
+        self.lines = _lines_up_to(self.path, resume_step)
+        fs.write_text_atomic(self.path, "".join(self.lines))
+        self.file = None if fs.is_remote(self.path) else open(self.path, "a")  # noqa: SIM115
         from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+        tensorboard.register_bucket_writer()
+        self.tb = SummaryWriter(fs.join(workdir, "tensorboard"))
 
     def write(self, record):
         if not self.active:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        line = json.dumps(record) + "\n"
+        if self.file is None:
+            self.lines.append(line)
+            fs.write_text_atomic(self.path, "".join(self.lines))
+        else:
+            self.file.write(line)
+            self.file.flush()
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
                 self.tb.add_scalar(key, value, record["step"])
@@ -168,18 +179,17 @@ class MetricsWriter:
 
     def close(self):
         if self.active:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
             self.tb.close()
 
 
-def _truncate_after(path, step):
-    """Drops metric lines past `step`: a resumed run re-logs them, so none is duplicated."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-        f.writelines(lines)
+def _lines_up_to(path, step):
+    """Metric lines up to `step`: a resumed run re-logs later ones, so none is duplicated."""
+    if not fs.exists(path):
+        return []
+    lines = fs.read_text(path).splitlines(keepends=True)
+    return [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
 
 
 def _global_batch(local_tokens, sharding):
@@ -231,7 +241,7 @@ def train(run: Run, workdir: str, *, progress=True):
                                           batch_size=eval_batch, num_batches=cfg.train.eval_batches,
                                           process_index=jax.process_index(),
                                           process_count=jax.process_count())
-    manager = checkpoint.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+    manager = checkpoint.make_manager(fs.join(fs.absolute(workdir), "checkpoints"),
                                       keep=cfg.train.keep_checkpoints)
     with parallel.sharding_context(mesh, cfg.mesh.strategy):
         step_fn = compile_train_step(run, shardings, optimizer)

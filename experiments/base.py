@@ -24,6 +24,18 @@ def get_config():
     c.model.dtype = "bfloat16"  # activations and matmuls; norms, softmax and loss stay float32
     c.model.param_dtype = "float32"  # master weights (bf16 rounding would swallow η/D updates)
     c.model.remat = "full"  # "none", "full" or "dots": what the backward pass recomputes
+    c.model.attention = "dense"  # implementation of the attention core
+    # Forward-pass options of the study's released checkpoint format; the defaults are our model.
+    c.model.head_dim = 0  # 0 = D / H
+    c.model.resid_scale = 4.0  # residual branches are multiplied by resid_scale / L
+    c.model.head_scaling = 0.0  # head output multiplier; 0 = 512 / D (CompleteP)
+    c.model.weight_scaling = "none"  # projection outputs × "fan_in"^−½, "fan_out"^−½ or a number
+    c.model.mlp_bias = True  # biases of the MLP's up and down projections
+    c.model.attention_sink = True  # the learned per-head key/value sink
+    c.model.qk_norm = True  # RMSNorm over the whole q and k before splitting heads
+    c.model.attn_softcap = 30.0  # attention logits → cap·tanh(logits / cap)
+    c.model.rope_theta = 1e4
+    c.model.norm_eps = 1e-6
 
     c.noise = ConfigDict()
     c.noise.type = "uniform"  # masked, low_uniform, balanced, high_uniform or uniform

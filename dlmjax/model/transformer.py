@@ -6,11 +6,12 @@ Parameter tree (L leading on everything under "layers", stacked by nn.scan):
     layers/attn_norm       [L, D]        ('layers', 'norm')
     layers/attn/q_kernel   [L, D, H, K]  ('layers', 'embed', 'heads', 'kv')   also k_, v_kernel
     layers/attn/o_kernel   [L, H, K, D]  ('layers', 'heads', 'kv', 'embed')
-    layers/attn/q_norm     [L, H, K]     QK-norm gains over the whole D = H·K; also k_norm
+    layers/attn/q_norm     [L, H, K]     QK-norm gains over the whole H·K; also k_norm (qk_norm)
     layers/attn/sink_key   [L, H, K]     learned key/value sink per head; also sink_value
+                                         (attention_sink)
     layers/mlp_norm        [L, D]
-    layers/mlp/up_kernel   [L, D, F]     ('layers', 'embed', 'mlp'), up_bias [L, F]
-    layers/mlp/down_kernel [L, F, D]     ('layers', 'mlp', 'embed'), down_bias [L, D]
+    layers/mlp/up_kernel   [L, D, F]     ('layers', 'embed', 'mlp'), up_bias [L, F] (mlp_bias)
+    layers/mlp/down_kernel [L, F, D]     ('layers', 'mlp', 'embed'), down_bias [L, D] (mlp_bias)
     final_norm             [D]
     unembedding            [D, V]        ('embed', 'vocab')
 
@@ -26,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlmjax.model import attention
 from dlmjax.model.config import ModelConfig
 
 NORM_EPS = 1e-6
@@ -36,11 +38,11 @@ _REMAT_POLICIES = {
 }
 
 
-def rms_norm(x, gain, axes=-1):
+def rms_norm(x, gain, axes=-1, eps=NORM_EPS):
     """RMSNorm with gain (1 + γ), computed in float32 whatever the input dtype."""
     x = x.astype(jnp.float32)
     mean_sq = jnp.mean(jnp.square(x), axis=axes, keepdims=True)
-    return x * jax.lax.rsqrt(mean_sq + NORM_EPS) * (1.0 + gain.astype(jnp.float32))
+    return x * jax.lax.rsqrt(mean_sq + eps) * (1.0 + gain.astype(jnp.float32))
 
 
 def rotary(x_BxLxHxK, theta):
@@ -62,6 +64,10 @@ def _constrain(x, axes):
     return nn.with_logical_constraint(x, axes)
 
 
+def _scaled(y, scale):
+    return y if scale == 1.0 else y * jnp.asarray(scale, y.dtype)
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
@@ -79,43 +85,30 @@ class Attention(nn.Module):
         def project(name):
             w_DxHxK = _param(self, name, w_init, (D, H, K), qkv_axes, cfg)
             y = jnp.einsum("bld,dhk->blhk", x_BxLxD, w_DxHxK.astype(dtype))
+            y = _scaled(y, cfg.projection_scale(D, H * K))
             return _constrain(y, ("batch", "length", "act_heads", None))
 
-        # QK-norm over the whole D-dimensional q and k, i.e. jointly over heads and head_dim.
-        q_gain = _param(self, "q_norm", zeros, (H, K), head_axes, cfg)
-        k_gain = _param(self, "k_norm", zeros, (H, K), head_axes, cfg)
-        q_BxLxHxK = rotary(rms_norm(project("q_kernel"), q_gain, (-2, -1)), cfg.rope_theta)
-        k_BxLxHxK = rotary(rms_norm(project("k_kernel"), k_gain, (-2, -1)), cfg.rope_theta)
+        q_BxLxHxK, k_BxLxHxK = project("q_kernel"), project("k_kernel")
+        if cfg.qk_norm:  # over the whole H·K-dimensional q and k, i.e. jointly over the heads
+            q_gain = _param(self, "q_norm", zeros, (H, K), head_axes, cfg)
+            k_gain = _param(self, "k_norm", zeros, (H, K), head_axes, cfg)
+            q_BxLxHxK = rms_norm(q_BxLxHxK, q_gain, (-2, -1), cfg.norm_eps)
+            k_BxLxHxK = rms_norm(k_BxLxHxK, k_gain, (-2, -1), cfg.norm_eps)
+        q_BxLxHxK = (rotary(q_BxLxHxK, cfg.rope_theta) * K**-0.5).astype(dtype)
+        k_BxLxHxK = rotary(k_BxLxHxK, cfg.rope_theta).astype(dtype)
         v_BxLxHxK = project("v_kernel")
-        q_BxLxHxK = (q_BxLxHxK * K**-0.5).astype(dtype)
-        k_BxLxHxK = k_BxLxHxK.astype(dtype)
-
-        sink_k_HxK = _param(self, "sink_key", zeros, (H, K), head_axes, cfg).astype(dtype)
-        sink_v_HxK = _param(self, "sink_value", zeros, (H, K), head_axes, cfg).astype(dtype)
-
-        s_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK,
-                               preferred_element_type=jnp.float32)
-        sink_BxHxL = jnp.einsum("bqhk,hk->bhq", q_BxLxHxK, sink_k_HxK,
-                                preferred_element_type=jnp.float32)
-        cap = cfg.attn_softcap
-        s_BxHxLxL = cap * jnp.tanh(s_BxHxLxL / cap)
-        sink_BxHxL = cap * jnp.tanh(sink_BxHxL / cap)
-        if mask_BxLxL is not None:
-            s_BxHxLxL = jnp.where(mask_BxLxL[:, None], s_BxHxLxL, -jnp.inf)
-        # Softmax over the L keys plus the sink, which every query may attend to (so no row is
-        # ever fully masked), normalised after the value matmul: no [B, H, L, L + 1] copy.
-        max_BxHxL = jax.lax.stop_gradient(jnp.maximum(jnp.max(s_BxHxLxL, axis=-1), sink_BxHxL))
-        p_BxHxLxL = jnp.exp(s_BxHxLxL - max_BxHxL[..., None])
-        p_sink_BxHxL = jnp.exp(sink_BxHxL - max_BxHxL)
-        denom_BxHxL = jnp.sum(p_BxHxLxL, axis=-1) + p_sink_BxHxL
-        o_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", p_BxHxLxL.astype(dtype), v_BxLxHxK,
-                               preferred_element_type=jnp.float32)
-        o_BxLxHxK += jnp.einsum("bhq,hk->bqhk", p_sink_BxHxL, sink_v_HxK.astype(jnp.float32))
-        o_BxLxHxK /= jnp.transpose(denom_BxHxL, (0, 2, 1))[..., None]
-        o_BxLxHxK = _constrain(o_BxLxHxK.astype(dtype), ("batch", "length", "act_heads", None))
+        sink_k_HxK = sink_v_HxK = None
+        if cfg.attention_sink:
+            sink_k_HxK = _param(self, "sink_key", zeros, (H, K), head_axes, cfg).astype(dtype)
+            sink_v_HxK = _param(self, "sink_value", zeros, (H, K), head_axes, cfg).astype(dtype)
+        o_BxLxHxK = attention.attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, sink_k_HxK, sink_v_HxK,
+                                     mask_BxLxL, softcap=cfg.attn_softcap, dtype=dtype,
+                                     implementation=cfg.attention)
+        o_BxLxHxK = _constrain(o_BxLxHxK, ("batch", "length", "act_heads", None))
 
         w_HxKxD = _param(self, "o_kernel", w_init, (H, K, D), ("heads", "kv", "embed"), cfg)
         y_BxLxD = jnp.einsum("blhk,hkd->bld", o_BxLxHxK, w_HxKxD.astype(dtype))
+        y_BxLxD = _scaled(y_BxLxD, cfg.projection_scale(H * K, D))
         return _constrain(y_BxLxD, ("batch", "length", "act_embed"))
 
 
@@ -130,13 +123,18 @@ class Mlp(nn.Module):
         w_init = nn.initializers.normal(cfg.matrix_init_std)
         zeros = nn.initializers.zeros
         w_DxF = _param(self, "up_kernel", w_init, (D, F), ("embed", "mlp"), cfg)
-        b_F = _param(self, "up_bias", zeros, (F,), ("mlp",), cfg)
         w_FxD = _param(self, "down_kernel", w_init, (F, D), ("mlp", "embed"), cfg)
-        b_D = _param(self, "down_bias", zeros, (D,), ("norm",), cfg)
         h_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD.astype(dtype), w_DxF.astype(dtype))
-        h_BxLxF = _constrain(h_BxLxF + b_F.astype(dtype), ("batch", "length", "act_mlp"))
+        h_BxLxF = _scaled(h_BxLxF, cfg.projection_scale(D, F))
+        if cfg.mlp_bias:
+            h_BxLxF = h_BxLxF + _param(self, "up_bias", zeros, (F,), ("mlp",), cfg).astype(dtype)
+        h_BxLxF = _constrain(h_BxLxF, ("batch", "length", "act_mlp"))
         h_BxLxF = jnp.square(jax.nn.relu(h_BxLxF))
-        y_BxLxD = jnp.einsum("blf,fd->bld", h_BxLxF, w_FxD.astype(dtype)) + b_D.astype(dtype)
+        y_BxLxD = jnp.einsum("blf,fd->bld", h_BxLxF, w_FxD.astype(dtype))
+        y_BxLxD = _scaled(y_BxLxD, cfg.projection_scale(F, D))
+        if cfg.mlp_bias:
+            y_BxLxD = y_BxLxD + _param(self, "down_bias", zeros, (D,), ("norm",),
+                                       cfg).astype(dtype)
         return _constrain(y_BxLxD, ("batch", "length", "act_embed"))
 
 
@@ -152,9 +150,10 @@ class Block(nn.Module):
         scale = cfg.residual_multiplier
         attn_gain = _param(self, "attn_norm", zeros, (cfg.d_model,), ("norm",), cfg)
         mlp_gain = _param(self, "mlp_norm", zeros, (cfg.d_model,), ("norm",), cfg)
-        attn = Attention(cfg, name="attn")(rms_norm(h_BxLxD, attn_gain), mask_BxLxL)
+        attn = Attention(cfg, name="attn")(rms_norm(h_BxLxD, attn_gain, eps=cfg.norm_eps),
+                                           mask_BxLxL)
         h_BxLxD = h_BxLxD + (scale * attn).astype(h_BxLxD.dtype)
-        mlp = Mlp(cfg, name="mlp")(rms_norm(h_BxLxD, mlp_gain))
+        mlp = Mlp(cfg, name="mlp")(rms_norm(h_BxLxD, mlp_gain, eps=cfg.norm_eps))
         h_BxLxD = h_BxLxD + (scale * mlp).astype(h_BxLxD.dtype)
         h_BxLxD = _constrain(h_BxLxD, ("batch", "length", "act_embed"))
         # Per-layer outputs for diagnostics (coordinate check); free unless made mutable.
@@ -196,7 +195,7 @@ class Transformer(nn.Module):
 
         final_gain = _param(self, "final_norm", nn.initializers.zeros, (cfg.d_model,),
                             ("norm",), cfg)
-        h_BxLxD = rms_norm(h_BxLxD, final_gain).astype(dtype)
+        h_BxLxD = rms_norm(h_BxLxD, final_gain, eps=cfg.norm_eps).astype(dtype)
         head_init = (nn.initializers.normal(cfg.head_init_std) if cfg.head_init_std
                      else nn.initializers.zeros)
         w_DxV = _param(self, "unembedding", head_init,
