@@ -12,6 +12,7 @@ import pytest
 from dlmjax.diffusion.elbo import token_losses_from_hidden
 from dlmjax.model import (
     ModelConfig,
+    NoisyMask,
     abstract_params,
     apply,
     head_kernel,
@@ -168,6 +169,17 @@ def test_forward_matches_numpy_float64(causal):
     assert logits.dtype == jnp.float32 and logits.shape == (2, 12, 24)
     np.testing.assert_allclose(np.asarray(logits), ref_logits, rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(np.asarray(hidden), ref_hidden, rtol=2e-4, atol=2e-4)
+
+
+def test_structured_noisy_mask_equals_dense_mask():
+    """NoisyMask(noisy, noisy) is the dense prompt mask noisy[q] >= noisy[k], bit for bit."""
+    cfg = ModelConfig(**SMALL, dtype="float32")
+    params = _random_params(0, cfg)
+    rng = np.random.default_rng(3)
+    tokens, noisy = jnp.asarray(rng.integers(0, 24, (2, 12))), jnp.asarray(rng.random((2, 12)) < .5)
+    dense, _ = _logits_and_hidden(params, tokens, jnp.asarray(_prompt_mask(noisy)), cfg=cfg)
+    structured, _ = _logits_and_hidden(params, tokens, NoisyMask(noisy, noisy), cfg=cfg)
+    np.testing.assert_array_equal(np.asarray(dense), np.asarray(structured))
 
 
 def test_mask_and_causality_hide_keys():

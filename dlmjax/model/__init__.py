@@ -1,5 +1,6 @@
 """The transformer and its CompleteP parametrization."""
 
+from dlmjax.model.attention import NoisyMask
 from dlmjax.model.config import ModelConfig
 from dlmjax.model.transformer import (
     Transformer,
@@ -13,6 +14,7 @@ from dlmjax.model.transformer import (
 
 __all__ = [
     "ModelConfig",
+    "NoisyMask",
     "Transformer",
     "abstract_params",
     "apply",

@@ -1,10 +1,18 @@
 """The attention core: softmax(cap·tanh(q·kᵀ/cap) masked) over the keys plus a learned sink.
 
-Inputs are already projected, QK-normed, rotated and scaled by head_dim^−½. The sink is one
+Inputs are already projected, QK-normed, rotated and scaled by head_dim^−½; queries have length
+L and keys length S (S ≠ L when keys of a cached clean prefix are prepended). The sink is one
 extra key/value pair per head that every query may attend to (so no row is ever fully masked);
 without a sink a fully masked row is impossible in our masks (every query sees itself).
-`model.attention` selects the implementation; "dense" materialises the [B, H, L, S] scores.
+
+Masks are structured where they can be, so that an implementation that never builds [L, S]
+arrays can use them: `NoisyMask` (prompt conditioning, attn[q, k] = noisy[q] ≥ noisy[k]) and
+`causal=True` (the autoregressive baseline, query i sees keys ≤ i + S − L). A dense boolean
+[B, L, S] array is accepted too. `model.attention` selects the implementation; "dense"
+materialises the [B, H, L, S] scores.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +20,32 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ("dense",)
 
 
+class NoisyMask(NamedTuple):
+    """attn[b, q, k] = noisy_q[b, q] ≥ noisy_k[b, k]: clean queries never see noisy keys."""
+
+    noisy_q_BxL: jax.Array
+    noisy_k_BxS: jax.Array
+
+
+def dense_mask(mask, query_len, key_len, causal=False):
+    """The boolean [B or 1, L, S] form of a mask (None when everything is visible)."""
+    if isinstance(mask, NoisyMask):
+        mask = mask.noisy_q_BxL[:, :, None] >= mask.noisy_k_BxS[:, None, :]
+    if causal:
+        offset = key_len - query_len  # queries are the last L of the S positions
+        causal_1xLxS = (jnp.arange(query_len)[:, None] + offset >= jnp.arange(key_len)[None])[None]
+        mask = causal_1xLxS if mask is None else mask & causal_1xLxS
+    return mask
+
+
 def _soft_cap(s, cap):
     return cap * jnp.tanh(s / cap)
 
 
-def dense_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask_BxLxS, *,
-                    softcap, dtype):
-    """o_BxLxHxK (dtype); mask True where query l may attend to key s; sinks may be None."""
+def dense_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask, *,
+                    softcap, dtype, causal=False):
+    """o_BxLxHxK (dtype); `mask` (module docstring) True where q may see k; sinks may be None."""
+    mask_BxLxS = dense_mask(mask, q_BxLxHxK.shape[1], k_BxSxHxK.shape[1], causal)
     s_BxHxLxS = _soft_cap(jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxSxHxK,
                                      preferred_element_type=jnp.float32), softcap)
     if mask_BxLxS is not None:
@@ -42,9 +69,9 @@ def dense_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mas
     return o_BxLxHxK.astype(dtype)
 
 
-def attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask_BxLxS, *, softcap,
-           dtype, implementation="dense"):
+def attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask=None, *, softcap,
+           dtype, causal=False, implementation="dense"):
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"model.attention={implementation!r}; expected one of {IMPLEMENTATIONS}")
-    return dense_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask_BxLxS,
-                           softcap=softcap, dtype=dtype)
+    return dense_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask,
+                           softcap=softcap, dtype=dtype, causal=causal)

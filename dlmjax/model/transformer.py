@@ -72,7 +72,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, mask_BxLxL):
+    def __call__(self, x_BxLxD, mask):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         D, H, K = cfg.d_model, cfg.heads, cfg.head_dim
@@ -102,8 +102,8 @@ class Attention(nn.Module):
             sink_k_HxK = _param(self, "sink_key", zeros, (H, K), head_axes, cfg).astype(dtype)
             sink_v_HxK = _param(self, "sink_value", zeros, (H, K), head_axes, cfg).astype(dtype)
         o_BxLxHxK = attention.attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, sink_k_HxK, sink_v_HxK,
-                                     mask_BxLxL, softcap=cfg.attn_softcap, dtype=dtype,
-                                     implementation=cfg.attention)
+                                     mask, softcap=cfg.attn_softcap, dtype=dtype,
+                                     causal=cfg.causal, implementation=cfg.attention)
         o_BxLxHxK = _constrain(o_BxLxHxK, ("batch", "length", "act_heads", None))
 
         w_HxKxD = _param(self, "o_kernel", w_init, (H, K, D), ("heads", "kv", "embed"), cfg)
@@ -144,14 +144,14 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, h_BxLxD, mask_BxLxL):
+    def __call__(self, h_BxLxD, mask):
         cfg = self.cfg
         zeros = nn.initializers.zeros
         scale = cfg.residual_multiplier
         attn_gain = _param(self, "attn_norm", zeros, (cfg.d_model,), ("norm",), cfg)
         mlp_gain = _param(self, "mlp_norm", zeros, (cfg.d_model,), ("norm",), cfg)
         attn = Attention(cfg, name="attn")(rms_norm(h_BxLxD, attn_gain, eps=cfg.norm_eps),
-                                           mask_BxLxL)
+                                           mask)
         h_BxLxD = h_BxLxD + (scale * attn).astype(h_BxLxD.dtype)
         mlp = Mlp(cfg, name="mlp")(rms_norm(h_BxLxD, mlp_gain, eps=cfg.norm_eps))
         h_BxLxD = h_BxLxD + (scale * mlp).astype(h_BxLxD.dtype)
@@ -165,20 +165,17 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxL, attn_mask_BxLxL=None, *, return_hidden=False):
+    def __call__(self, tokens_BxL, attn_mask=None, *, return_hidden=False):
         """Logits [B, L, V] (float32) or, with return_hidden, final-norm hidden states [B, L, D].
 
-        attn_mask_BxLxL: True where query q may attend to key k (the sink is always visible).
+        attn_mask: None, an attention.NoisyMask, or a boolean [B, L, L] array True where query q
+        may attend to key k (the sink is always visible); causal models add the causal mask.
         """
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         seq_len = tokens_BxL.shape[1]
         if seq_len > cfg.seq_len:
             raise ValueError(f"tokens have length {seq_len} > model.seq_len={cfg.seq_len}")
-        mask = attn_mask_BxLxL
-        if cfg.causal:
-            causal_1xLxL = jnp.tril(jnp.ones((1, seq_len, seq_len), dtype=bool))
-            mask = causal_1xLxL if mask is None else mask & causal_1xLxL
 
         table_VxD = _param(self, "embedding", nn.initializers.normal(cfg.embed_init_std),
                            (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
@@ -191,7 +188,7 @@ class Transformer(nn.Module):
         stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
                         split_rngs={"params": True}, in_axes=(nn.broadcast,),
                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-        h_BxLxD, _ = stack(cfg, name="layers")(h_BxLxD, mask)
+        h_BxLxD, _ = stack(cfg, name="layers")(h_BxLxD, attn_mask)
 
         final_gain = _param(self, "final_norm", nn.initializers.zeros, (cfg.d_model,),
                             ("norm",), cfg)
@@ -233,14 +230,14 @@ def head_kernel(params):
     return params["unembedding"]
 
 
-def apply(params, tokens_BxL, attn_mask_BxLxL=None, *, cfg: ModelConfig, return_hidden=False):
-    return Transformer(cfg).apply({"params": params}, tokens_BxL, attn_mask_BxLxL,
+def apply(params, tokens_BxL, attn_mask=None, *, cfg: ModelConfig, return_hidden=False):
+    return Transformer(cfg).apply({"params": params}, tokens_BxL, attn_mask,
                                   return_hidden=return_hidden)
 
 
-def apply_with_layer_outputs(params, tokens_BxL, attn_mask_BxLxL=None, *, cfg: ModelConfig):
+def apply_with_layer_outputs(params, tokens_BxL, attn_mask=None, *, cfg: ModelConfig):
     """(logits_BxLxV, layer_outputs_NxBxLxD): residual stream after each of the N layers."""
-    logits, state = Transformer(cfg).apply({"params": params}, tokens_BxL, attn_mask_BxLxL,
+    logits, state = Transformer(cfg).apply({"params": params}, tokens_BxL, attn_mask,
                                            mutable=["intermediates"])
     (layer_outputs,) = state["intermediates"]["layers"]["layer_output"]
     return logits, layer_outputs
