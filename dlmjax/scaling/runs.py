@@ -110,11 +110,22 @@ def write_run(run_dir: str, config: dict, records) -> str:
 
 
 def find_run_dirs(paths) -> list[str]:
-    """The given run directories; a directory without config.json is searched recursively."""
+    """The given run directories; a directory without config.json is searched recursively,
+    except a study root (tools/study.py), which stands for the finished runs `collect` listed."""
+    from dlmjax.study import layout as study_layout
+
     found = []
     for path in paths:
         if os.path.isfile(os.path.join(path, CONFIG_FILE)):
             found.append(path)
+            continue
+        if os.path.isfile(os.path.join(path, study_layout.STUDY_FILE)):
+            manifest = os.path.join(path, study_layout.FINISHED_FILE)
+            if not os.path.isfile(manifest):
+                raise ValueError(f"{path!r} is a study root without {study_layout.FINISHED_FILE}"
+                                 f": run tools/study.py collect --root={path} first")
+            with open(manifest) as f:
+                found += [run["run_dir"] for run in json.load(f)["runs"]]
             continue
         if not os.path.isdir(path):
             raise ValueError(f"{path!r} is neither a run directory nor a folder of runs")
