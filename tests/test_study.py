@@ -253,7 +253,8 @@ def test_attempt_outcomes_and_error_lines():
     assert process.last_error_line("x\nconfig error: optim.lr: must be > 0\n") == (
         "config error: optim.lr: must be > 0")
     assert process.last_error_line("one\ntwo\r  3/10 [00:01%|\n") == "two"
-    assert process._error(-9, "step 5\n") == "step 5 (killed by SIGKILL (exit -9))"
+    assert process._error(-9, "step 5\n") == "killed by SIGKILL (exit -9); last output: step 5"
+    assert process._error(1, "ValueError: x\n") == "ValueError: x (exit 1)"
 
 
 def test_trainer_command_and_environment(monkeypatch):
@@ -289,3 +290,80 @@ def test_a_study_root_names_runs_safely():
         "noise-masked_size-L8-D512_batch-64_lr-0.3")
     with pytest.raises(ValueError):
         layout.run_name("noise=masked/../x")
+
+
+@pytest.fixture
+def bucket(monkeypatch):
+    """A local Google Cloud Storage emulator with one bucket, stopped by its PID."""
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start",
+                               "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+                               "--default-bucket", "study-bucket"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.time() < deadline and server.poll() is None, "emulator did not start"
+            time.sleep(0.1)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    yield "gs://study-bucket"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_a_study_in_a_bucket_plans_records_and_reports(bucket, tmp_path):
+    """Study file, process record, streamed log, status and collect all go through gs://."""
+    from dlmjax import fs
+
+    root = f"{bucket}/study"
+    study, _ = plan.plan_study(root, KEYS[:1], overrides=TINY)
+    entry = study["runs"][0]
+    assert entry["workdir"] == f"{root}/runs/{entry['name']}"
+    assert fs.isfile(f"{root}/study.json")
+    script = ("import sys; print('step 1'); sys.stdout.flush(); "
+              "print('error: FileNotFoundError: data.paths: /no/such/file', file=sys.stderr); "
+              "sys.exit(2)")
+    record = process.run_process({
+        "root": root, "name": entry["name"], "workdir": entry["workdir"], "attempt": 1,
+        "process_id": 0, "num_processes": 1, "coordinator": None,
+        "command": ["python", "-c", script], "env": {}})
+    assert record["returncode"] == 2 and record["pid"] > 0
+    assert record["error"] == "error: FileNotFoundError: data.paths: /no/such/file (exit 2)"
+    assert record["log"] == layout.log_file(root, entry["name"], 1, 0)
+    assert "step 1" in fs.read_text(record["log"])
+    stored = attempts.process_records(root, entry["name"])[(1, 0)]
+    assert stored["ended"] >= stored["started"] and stored["returncode"] == 2
+    attempts.save_run_state(root, {"key": entry["key"], "name": entry["name"], "state": "failed",
+                                   "error": record["error"], "attempts": [
+                                       _record(1, ended=2.0, outcome="fatal",
+                                               error=record["error"])]})
+    result = status.study_status(root)["runs"][0]
+    assert (result["state"], result["attempts"], result["error"]) == ("failed", 1,
+                                                                      record["error"])
+    assert collect.collect(root, out=str(tmp_path))["runs"] == []  # nothing finished
+
+    # A finished run in the bucket reaches the fitter's loader through the study root.
+    done_study, _ = plan.plan_study(root, KEYS[1:], overrides=TINY)
+    done = done_study["runs"][1]
+    fs.write_text_atomic(fs.join(done["workdir"], "config.json"), json.dumps(
+        runs.config_for_point(grid.parse_point(done["key"]))))
+    records = [{"step": s, "tokens": s * 512, "flops": s * 1e6, "elbo": 5.0 - s / 100}
+               for s in range(1, done["steps"] + 1)]
+    fs.write_text_atomic(fs.join(done["workdir"], "metrics.jsonl"),
+                         "".join(json.dumps(r) + "\n" for r in records))
+    attempts.save_run_state(root, {"key": done["key"], "name": done["name"], "state": "done",
+                                   "error": "", "attempts": [_record(1, ended=2.0,
+                                                                     outcome="done")]})
+    collect.collect(root)
+    assert runs.find_run_dirs([root]) == [done["workdir"]]
+    loaded = runs.load_run(done["workdir"])
+    assert loaded.metrics["step"][-1] == done["steps"] and loaded.point.key == done["key"]

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 import psutil
 import pytest
 
+from dlmjax.scaling import runs
 from dlmjax.study import attempts, layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,12 +34,12 @@ TINY = ("config.model.num_heads=2", "config.data.source=synthetic_markov",
         "config.data.vocab_size=64", "config.model.dtype=float32", "config.model.remat=none",
         "config.optim.warmup_steps=5", "config.train.eval_every=0", "config.train.eval_batches=1",
         "config.train.peak_flops_per_device=1e11", "config.sample.num_samples=0")
-A_SET = TINY + ("config.train.log_every=2", "config.train.checkpoint_every=5")
-B_SET = TINY + ("config.train.log_every=1", "config.train.checkpoint_every=5")
+A_SET = TINY + ("config.train.log_every=4", "config.train.checkpoint_every=5")
+B_SET = TINY + ("config.train.log_every=2", "config.train.checkpoint_every=4")
 POINT = "noise=masked,size=L1-D32,batch=8,lr=0.3,seq=32,vocab=64"
-A_STEPS = (60, 64, 56, 52)  # one shape and LR: the compiled step is shared through the cache
+A_STEPS = (40, 44, 36, 32)  # one shape and LR: the compiled step is shared through the cache
 A_KEYS = [f"{POINT},tokens={steps * 256}" for steps in A_STEPS]
-B_KEY, B_BAD_KEY = f"{POINT},tokens={10 * 256}", f"{POINT},tokens={12 * 256}"
+B_KEY, B_BAD_KEY = f"{POINT},tokens={16 * 256}", f"{POINT},tokens={12 * 256}"
 
 _HOLDER = r"""
 import sys, ray
@@ -94,10 +95,10 @@ class Cluster:
         return subprocess.run(self.command("tools/study.py", *args), cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=600, **kwargs)
 
-    def start_launcher(self, root):
+    def start_launcher(self, root, *flags):
         return subprocess.Popen(
             self.command("tools/study.py", "launch", f"--root={root}", "--engine=ray",
-                         f"--address={self.address}"),
+                         f"--address={self.address}", *flags),
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
 
@@ -146,10 +147,6 @@ def _alive(pid):
         return False
 
 
-def _phase(what):
-    print(f"PHASE {time.time():.1f} {what}", file=sys.stderr)
-
-
 def _wait_for(predicate, what, process=None, timeout=300):
     deadline = time.time() + timeout
     while True:
@@ -183,9 +180,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(env):
-    _phase("cluster start")
     c = Cluster(env)
-    _phase("cluster up")
     yield c
     c.stop()
 
@@ -194,9 +189,7 @@ def cluster(env):
 def direct_runs(tmp_path_factory, env):
     """Reference runs trained directly; the first compiles the step everything else reuses."""
     base = tmp_path_factory.mktemp("direct")
-    _phase("direct start")
     first = _direct(str(base / "a0"), A_KEYS[0], A_SET, 1, env)
-    _phase("direct first done")
     pool = concurrent.futures.ThreadPoolExecutor(2)
     rest = [pool.submit(_direct, str(base / f"a{i}"), key, A_SET, 1, env)
             for i, key in enumerate(A_KEYS) if i]
@@ -217,11 +210,9 @@ def study_a(tmp_path_factory, env, cluster, direct_runs):
     names = {e["name"] for e in entries}
     out = {"root": root, "entries": entries}
 
-    _phase("planned")
     first = cluster.start_launcher(root)
     x, x_record = _wait_for(lambda: _trainer_mid_run(root, entries, names, 1),
                             "a trainer with a checkpoint", first)
-    _phase("first launcher mid-run")
     first.kill()  # SIGKILL: the launcher gets no chance to clean up
     first.wait()
     out["launcher_killed_at"] = time.time()
@@ -230,19 +221,16 @@ def study_a(tmp_path_factory, env, cluster, direct_runs):
     started = {e["name"] for e in entries if attempts.process_records(root, e["name"])}
     out["x"], out["started_by_first"] = x, started
 
-    _phase("first trainers gone")
     second = cluster.start_launcher(root)
     fresh = names - started
     y, y_record = _wait_for(lambda: _trainer_mid_run(root, entries, fresh, 1),
                             "a trainer of a run the first launcher never started", second)
-    _phase("second launcher mid-run")
     os.kill(y_record["pid"], signal.SIGKILL)
     out["y"], out["y_killed_at_checkpoint"] = y, _checkpoints(
         next(e["workdir"] for e in entries if e["name"] == y))[-1]
     second_out, _ = second.communicate(timeout=600)
     out["second"] = (second.returncode, second_out)
 
-    _phase("second launcher done")
     out["status"] = json.loads(cluster.study("status", f"--root={root}", "--json").stdout)
     out["states_before_third"] = {n: open(layout.run_state_file(root, n)).read() for n in names}
     third = cluster.study("launch", f"--root={root}", "--engine=ray",
@@ -255,20 +243,21 @@ def study_a(tmp_path_factory, env, cluster, direct_runs):
 def test_study_runs_every_point_as_direct_training_would(study_a, direct_runs):
     rc, output = study_a["second"]
     assert rc == 0, output[-3000:]
-    runs = {r["key"]: r for r in study_a["status"]["runs"]}
-    assert [runs[k]["state"] for k in A_KEYS] == ["done"] * 4
-    assert [runs[k]["step"] for k in A_KEYS] == [runs[k]["steps"] for k in A_KEYS] == list(
+    by_key = {r["key"]: r for r in study_a["status"]["runs"]}
+    assert [by_key[k]["state"] for k in A_KEYS] == ["done"] * 4
+    assert [by_key[k]["step"] for k in A_KEYS] == [by_key[k]["steps"] for k in A_KEYS] == list(
         A_STEPS)
     references = direct_runs["a"][:1] + [f.result() for f in direct_runs["a"][1:]]
     for key, steps, reference in zip(A_KEYS, A_STEPS, references):
-        workdir = runs[key]["workdir"]
+        workdir = by_key[key]["workdir"]
         ref, got = _metrics(reference), _metrics(workdir)
-        assert [m["step"] for m in got] == list(range(2, steps + 1, 2))  # nothing logged twice
+        logged = sorted({*range(4, steps + 1, 4), steps})
+        assert [m["step"] for m in got] == logged  # nothing logged twice
         for field in ("loss", "elbo", "grad_norm", "lr", "tokens", "eval_elbo"):
             assert [m.get(field) for m in got] == [m.get(field) for m in ref], (key, field)
         for a, b in zip(_final_params(reference, steps), _final_params(workdir, steps)):
             np.testing.assert_array_equal(a, b)  # bitwise
-        assert runs[key]["elbo"] == ref[-1]["elbo"]
+        assert by_key[key]["elbo"] == ref[-1]["elbo"]
 
 
 def test_at_most_two_trainers_ran_at_once(study_a):
@@ -284,8 +273,8 @@ def test_at_most_two_trainers_ran_at_once(study_a):
 
 def test_killed_trainer_is_retried_and_resumes_from_its_checkpoint(study_a):
     root, y = study_a["root"], study_a["y"]
-    runs = {r["name"]: r for r in study_a["status"]["runs"]}
-    assert runs[y]["attempts"] == 2
+    by_name = {r["name"]: r for r in study_a["status"]["runs"]}
+    assert by_name[y]["attempts"] == 2
     state = json.loads(study_a["states_after_third"][y])
     first, second = state["attempts"]
     assert first["outcome"] == "retryable" and "SIGKILL" in first["error"]
@@ -327,16 +316,14 @@ def test_relaunching_a_finished_study_submits_nothing(study_a):
 
 def test_collect_then_fit_scaling_laws_on_the_study_root(study_a, tmp_path):
     root = study_a["root"]
-    fit = [sys.executable, "tools/fit_scaling_laws.py", root, f"--out={tmp_path}",
-           "--n_boot=20", "--no_plots"]
-    before = subprocess.run(fit, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert before.returncode != 0 and "collect" in before.stderr  # not before collect
-    collected = subprocess.run([sys.executable, "tools/study.py", "collect", f"--root={root}"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert collected.returncode == 0, collected.stderr
+    with pytest.raises(ValueError, match="collect --root"):  # the fitter, before collect
+        runs.find_run_dirs([root])
+    assert _load_cli().main(["collect", f"--root={root}"]) == 0
     listed = json.load(open(layout.finished_file(root)))["runs"]
     assert sorted(r["run_dir"] for r in listed) == sorted(e["workdir"]
                                                          for e in study_a["entries"])
+    fit = [sys.executable, "tools/fit_scaling_laws.py", root, f"--out={tmp_path}",
+           "--n_boot=20", "--no_plots"]
     result = subprocess.run(fit, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "runs.csv") as f:
@@ -353,33 +340,56 @@ def study_b(tmp_path_factory, cluster, direct_runs):
                      *[f"--set={o}" for o in B_SET]]) == 0
     assert cli.main(["plan", f"--root={root}", f"--keys={B_BAD_KEY}",
                      *[f"--set={o}" for o in B_SET + ("config.optim.warmup_steps=-1",)]]) == 0
-    launch = cluster.study("launch", f"--root={root}", "--engine=ray",
-                           f"--address={cluster.address}", "--max_attempts=3")
+    entries = json.load(open(layout.study_file(root)))["runs"]
+    two = next(e for e in entries if e["key"] == B_KEY)
+    launcher = cluster.start_launcher(root, "--max_attempts=3")
+
+    def both_running():
+        records = attempts.process_records(root, two["name"])
+        saved = _checkpoints(two["workdir"])
+        live = [records.get((1, i)) for i in range(2)]
+        if saved and saved[-1] < two["steps"] and all(r and r.get("pid") and _alive(r["pid"])
+                                                      for r in live):
+            return live[1]
+        return None
+
+    victim = _wait_for(both_running, "both processes of the 2-process run", launcher)
+    os.kill(victim["pid"], signal.SIGKILL)  # one process of the pair dies
+    output, _ = launcher.communicate(timeout=600)
     status = json.loads(cluster.study("status", f"--root={root}", "--json").stdout)
-    return {"root": root, "launch": launch, "status": {r["key"]: r for r in status["runs"]},
+    return {"root": root, "launch": (launcher.returncode, output),
+            "status": {r["key"]: r for r in status["runs"]}, "entry": two,
             "single": direct_runs["b"].result()}
 
 
 def test_invalid_config_fails_after_one_attempt_with_its_message(study_b):
-    assert study_b["launch"].returncode == 1  # not every run is done
+    rc, output = study_b["launch"]
+    assert rc == 1, output[-3000:]  # not every run is done
     bad = study_b["status"][B_BAD_KEY]
     assert bad["state"] == "failed" and bad["attempts"] == 1
     assert "config error: optim.warmup_steps: must be >= 0, got -1" in bad["error"]
     assert len(attempts.process_records(study_b["root"], bad["name"])) == 1
 
 
-def test_two_process_run_logs_the_losses_of_one_process_on_four_devices(study_b):
+def test_two_process_run_retried_together_logs_the_losses_of_one_process(study_b):
+    """2 bundles of 1 CPU × 2 fake devices each; one process killed mid-run, both restarted."""
+    entry, root = study_b["entry"], study_b["root"]
     run = study_b["status"][B_KEY]
-    assert run["state"] == "done" and run["attempts"] == 1, study_b["launch"].stderr[-3000:]
-    entry = next(e for e in json.load(open(layout.study_file(study_b["root"])))["runs"]
-                 if e["key"] == B_KEY)
+    assert run["state"] == "done" and run["attempts"] == 2, study_b["launch"][1][-3000:]
     assert entry["processes"] == 2 and entry["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1,
                                                         "strategy": "fsdp"}
-    records = attempts.process_records(study_b["root"], entry["name"])
-    assert sorted(records) == [(1, 0), (1, 1)]
+    records = attempts.process_records(root, entry["name"])
+    assert sorted(records) == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert all("--num_processes=2" in r["argv"] for r in records.values())
+    assert records[(1, 1)]["returncode"] == -9
+    state = json.load(open(layout.run_state_file(root, entry["name"])))
+    # Its partner was killed by the launcher (no exit of its own recorded), before the restart.
+    assert records[(1, 0)]["ended"] is None or records[(1, 0)]["returncode"] != 0
+    assert state["attempts"][0]["ended"] <= min(records[(2, i)]["started"] for i in range(2))
+    assert [a["outcome"] for a in state["attempts"]] == ["retryable", "done"]
+    assert "SIGKILL" in state["attempts"][0]["error"]
     ref, got = _metrics(study_b["single"]), _metrics(entry["workdir"])
-    assert [m["step"] for m in got] == [m["step"] for m in ref] == list(range(1, 11))
+    assert [m["step"] for m in got] == [m["step"] for m in ref] == list(range(2, 17, 2))
     for field in ("loss", "elbo", "grad_norm"):
         np.testing.assert_allclose([m[field] for m in got], [m[field] for m in ref], rtol=1e-5,
                                    err_msg=field)

@@ -13,7 +13,6 @@ ROOT is a local directory or gs://bucket/path. docs/study.md explains the study 
 import argparse
 import collections
 import json
-import signal
 import sys
 import time
 
@@ -76,8 +75,6 @@ def _launch(args) -> int:
     launcher = engine.Launcher(args.root, max_attempts=args.max_attempts,
                                placement=args.placement, retry_failed=args.retry_failed,
                                on_event=event)
-    # SIGTERM stops like Ctrl-C: active trainers are cancelled (they save) and recorded.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = launcher.run(address=args.address, progress=progress)
     except KeyboardInterrupt:
@@ -156,7 +153,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, lock.StudyLocked) as err:
+    except (ValueError, FileNotFoundError, ImportError, lock.StudyLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

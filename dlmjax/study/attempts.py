@@ -24,6 +24,20 @@ from dlmjax.study import layout
 EXIT_BAD_INPUT = 2
 
 
+def last_logged_step(workdir: str) -> int:
+    """The step of the last record in a workdir's metrics.jsonl (0 if none)."""
+    path = fs.join(workdir, "metrics.jsonl")
+    if not fs.isfile(path):
+        return 0
+    for line in reversed(fs.read_text(path).splitlines()):
+        if line.strip():
+            try:
+                return int(json.loads(line)["step"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                return 0
+    return 0
+
+
 def read_json(path: str, default=None):
     """The JSON in `path`, or `default` when it is missing or torn."""
     if not fs.isfile(path):

@@ -10,7 +10,7 @@ metrics.jsonl to out/<name>/ (a local copy of a study in a bucket).
 import time
 
 from dlmjax import fs, rundir
-from dlmjax.study import attempts, engine, layout, plan
+from dlmjax.study import attempts, layout, plan
 
 MANIFEST_VERSION = 1
 
@@ -20,7 +20,7 @@ def finished_entries(root: str) -> list[dict]:
     study = plan.load_study(root)
     return [e for e in study["runs"]
             if attempts.load_run_state(root, e)["state"] == "done"
-            and engine.last_logged_step(e["workdir"]) >= e["steps"]]
+            and attempts.last_logged_step(e["workdir"]) >= e["steps"]]
 
 
 def collect(root: str, out: str | None = None) -> dict:

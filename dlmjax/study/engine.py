@@ -9,8 +9,8 @@ per bundle runs process i with `--coordinator_address --num_processes --process_
 
 Retries: the processes of a multi-process run live and die together, which Ray's per-task
 retries cannot express, so an attempt is the whole set of tasks. When one process fails, the
-others are cancelled (their trainers get SIGTERM and save), and the next attempt is a fresh
-submission of all of them; the trainer resumes from the newest checkpoint. Exit code 2 (bad
+others are killed (they are stuck in a collective with the dead one), and the next attempt is a
+fresh submission of all of them; the trainer resumes from the newest checkpoint. Exit code 2 (bad
 input or config) fails the run at once. Attempts are recorded in the study root as they happen
 (dlmjax.study.attempts), so a new launcher after a crash of this one knows what is done and what
 was cut short, and submits each unfinished run exactly once.
@@ -18,31 +18,24 @@ was cut short, and submits each unfinished run exactly once.
 
 import dataclasses
 import json
+import signal
 import socket
+import threading
 import time
 
 from absl import logging
 
-from dlmjax import fs
 from dlmjax.study import attempts, lock, plan, process
+
+try:
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+except ImportError:  # Ray is the `study` extra; only launching needs it
+    ray = None
 
 PLACEMENTS = ("auto", "STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK")
 DEFAULT_MAX_ATTEMPTS = 5
 _INTERRUPTED = "the launcher stopped before this attempt ended"
-
-
-def last_logged_step(workdir: str) -> int:
-    """The step of the last record in a workdir's metrics.jsonl (0 if none)."""
-    path = fs.join(workdir, "metrics.jsonl")
-    if not fs.isfile(path):
-        return 0
-    for line in reversed(fs.read_text(path).splitlines()):
-        if line.strip():
-            try:
-                return int(json.loads(line)["step"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                return 0
-    return 0
 
 
 def _free_port() -> str:
@@ -85,6 +78,8 @@ class Launcher:
     def __init__(self, root: str, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  placement: str = "auto", retry_failed: bool = False, on_event=logging.info,
                  term_grace_s: float = process.TERM_GRACE_S, poll_s: float = 2.0):
+        if ray is None:
+            raise ImportError("launch --engine=ray needs Ray: pip install -e '.[study]'")
         if max_attempts < 1:
             raise ValueError(f"--max_attempts must be >= 1, got {max_attempts}")
         if placement not in PLACEMENTS:
@@ -113,7 +108,7 @@ class Launcher:
                 state["retry_from"] = len(state["attempts"])
                 changed = True
             if state["state"] not in ("done", "failed") and state["attempts"] and (
-                    last_logged_step(entry["workdir"]) >= entry["steps"]):
+                    attempts.last_logged_step(entry["workdir"]) >= entry["steps"]):
                 state.update(state="done", error="")  # finished as its launcher died
                 changed = True
             if changed:
@@ -128,7 +123,6 @@ class Launcher:
 
     # --- submission --------------------------------------------------------------------------
     def _strategy(self, processes: int) -> str:
-        import ray
 
         if self.placement != "auto":
             return self.placement
@@ -136,13 +130,11 @@ class Launcher:
         return "STRICT_SPREAD" if len(nodes) >= processes else "PACK"
 
     def _submit(self, entry: dict) -> None:
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         state = self.states[entry["name"]]
-        record = {"attempt": len(state["attempts"]) + 1, "submitted": time.time(), "ended": None,
-                  "outcome": None, "error": "", "start_step": last_logged_step(entry["workdir"]),
-                  "end_step": None}
+        record = {"attempt": len(state["attempts"]) + 1, "submitted": time.time(),
+                  "ended": None, "outcome": None, "error": "",
+                  "start_step": attempts.last_logged_step(entry["workdir"]), "end_step": None}
         state["attempts"].append(record)
         state["state"] = "running"
         attempts.save_run_state(self.root, state)
@@ -163,8 +155,6 @@ class Launcher:
                       f"{entry['processes']} process(es) of {entry['resources']})")
 
     def _submit_processes(self, attempt: _Attempt, coordinator) -> None:
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         entry = attempt.entry
         remote = ray.remote(process.run_process)
@@ -182,7 +172,6 @@ class Launcher:
 
     # --- completion --------------------------------------------------------------------------
     def _on_ready(self, attempt: _Attempt, ref) -> None:
-        import ray
 
         if attempt.probe is not None and ref == attempt.probe:
             attempt.probe = None
@@ -202,20 +191,21 @@ class Launcher:
                       "cancelled": attempt.cancelling}
         attempt.results[index] = result
         if result.get("returncode") != 0 and not attempt.cancelling and attempt.tasks:
-            attempt.cancelling = True  # the other processes cannot go on without this one
+            # The others cannot go on without this one: they wait in a collective that never
+            # completes, and cannot save either (a save is collective too). Stop them now.
+            attempt.cancelling = True
             for other in attempt.tasks:
-                ray.cancel(other)
+                ray.cancel(other, force=True)
         if not attempt.tasks:
             self._finish(attempt)
 
     def _finish(self, attempt: _Attempt) -> None:
-        import ray
 
         if attempt.placement_group is not None:
             ray.util.remove_placement_group(attempt.placement_group)
         entry, record = attempt.entry, attempt.record
         state = self.states[entry["name"]]
-        step = last_logged_step(entry["workdir"])
+        step = attempts.last_logged_step(entry["workdir"])
         results = [attempt.results[i] for i in sorted(attempt.results)]
         outcome, error = attempts.classify(results, finished=step >= entry["steps"])
         record.update(ended=time.time(), outcome=outcome, error=error, end_step=step)
@@ -253,10 +243,13 @@ class Launcher:
                 "failed": states.count("failed"), "total": len(states)}
 
     def _loop(self, todo, address, progress) -> None:
-        import ray
 
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False)
+        if threading.current_thread() is threading.main_thread():
+            # Ray's driver aborts on SIGTERM; stop like Ctrl-C instead, so that the trainers
+            # are cancelled (they save) and their attempts recorded as interrupted.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
         self.on_event(f"{len(todo)} of {len(self.study['runs'])} runs to launch on "
                       f"{ray.cluster_resources()}")
         self._warn_infeasible(todo)
@@ -276,7 +269,6 @@ class Launcher:
                 last_beat = time.time()
 
     def _warn_infeasible(self, todo) -> None:
-        import ray
 
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         for resources in {json.dumps(e["resources"], sort_keys=True) for e in todo}:
@@ -289,9 +281,9 @@ class Launcher:
         """On the way out with runs still active (Ctrl-C, SIGTERM): stop and record them."""
         if not self.active:
             return
-        import ray
 
         refs = [ref for attempt in self.active.values() for ref in attempt.outstanding]
+        self.on_event(f"cancelling {len(refs)} task(s)")
         for ref in refs:
             ray.cancel(ref)  # the trainers get SIGTERM and save
         ray.wait(refs, num_returns=len(refs), timeout=self.term_grace_s + 5)

@@ -8,8 +8,8 @@ line in ROOT/state/<name>/attempt-K-process-I.json, and returns that record.
 The child cannot outlive its task: on Linux it gets SIGTERM when the task's worker dies
 (PR_SET_PDEATHSIG; Ray also kills a dead worker's children), and a cancelled task (Ray raises
 KeyboardInterrupt in it) sends SIGTERM, so the trainer saves, then SIGKILL after a grace period.
-A trainer of an earlier attempt of the same run still alive on this node (its launcher died
-while it was saving) is waited for, then stopped, before the new one starts on the same workdir.
+A trainer of an earlier attempt of the same run still alive on this node is waited for, then
+killed, before the new one starts on the same workdir.
 """
 
 import ctypes
@@ -103,23 +103,21 @@ def _alive_trainer(pid: int, workdir: str) -> bool:
 
 
 def _stop_leftovers(root, name, attempt, workdir, ip, wait_s=TERM_GRACE_S):
-    """Waits for (then stops) trainers of earlier attempts of this run still alive here."""
+    """Waits for trainers of earlier attempts of this run still alive here, then kills them."""
     pids = [r["pid"] for (k, _), r in attempts.process_records(root, name).items()
             if k < attempt and r.get("ended") is None and r.get("node_ip") == ip and r.get("pid")]
-    pids = [pid for pid in pids if _alive_trainer(pid, workdir)]
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        deadline = time.time() + wait_s
-        while pids and time.time() < deadline:
-            pids = [pid for pid in pids if _alive_trainer(pid, workdir)]
-            time.sleep(0.5)
+    deadline = time.time() + wait_s
+    while True:
+        pids = [pid for pid in pids if _alive_trainer(pid, workdir)]
         if not pids:
             return
+        if time.time() > deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.5)
 
 
 def _stop(child, grace_s):
@@ -185,6 +183,10 @@ def run_process(spec: dict) -> dict:
               "ended": None, "returncode": None, "error": "", "log": log.destination,
               "argv": argv}
     child, cancelled = None, False
+    # Ray cancels a running task by simulating SIGINT, which does nothing where SIGINT is
+    # ignored (a cluster started from a background shell): make it raise KeyboardInterrupt.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         child = subprocess.Popen(argv, cwd=experiment.repo_root(), env=trainer_env(spec["env"]),
                                  stdin=subprocess.DEVNULL, stdout=log.file,
@@ -192,7 +194,8 @@ def run_process(spec: dict) -> dict:
         record["pid"] = child.pid
         attempts.write_json(record_path, record)
         try:
-            child.wait()
+            while child.poll() is None:  # not wait(): Ray's cancel needs Python to be running
+                time.sleep(0.2)
         except BaseException:  # Ray's cancel arrives as KeyboardInterrupt
             cancelled = True
             _stop(child, spec.get("term_grace_s", TERM_GRACE_S))
@@ -211,4 +214,6 @@ def _error(returncode, log_text: str) -> str:
         return ""
     line = last_error_line(log_text)
     description = attempts.exit_description(returncode)
+    if returncode is not None and returncode < 0:  # a signal: its output just stopped
+        return f"{description}; last output: {line}" if line else description
     return f"{line} ({description})" if line else description
