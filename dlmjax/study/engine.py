@@ -123,14 +123,12 @@ class Launcher:
 
     # --- submission --------------------------------------------------------------------------
     def _strategy(self, processes: int) -> str:
-
         if self.placement != "auto":
             return self.placement
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         return "STRICT_SPREAD" if len(nodes) >= processes else "PACK"
 
     def _submit(self, entry: dict) -> None:
-
         state = self.states[entry["name"]]
         record = {"attempt": len(state["attempts"]) + 1, "submitted": time.time(),
                   "ended": None, "outcome": None, "error": "",
@@ -155,7 +153,6 @@ class Launcher:
                       f"{entry['processes']} process(es) of {entry['resources']})")
 
     def _submit_processes(self, attempt: _Attempt, coordinator) -> None:
-
         entry = attempt.entry
         remote = ray.remote(process.run_process)
         for i in range(entry["processes"]):
@@ -172,7 +169,6 @@ class Launcher:
 
     # --- completion --------------------------------------------------------------------------
     def _on_ready(self, attempt: _Attempt, ref) -> None:
-
         if attempt.probe is not None and ref == attempt.probe:
             attempt.probe = None
             try:
@@ -200,7 +196,6 @@ class Launcher:
             self._finish(attempt)
 
     def _finish(self, attempt: _Attempt) -> None:
-
         if attempt.placement_group is not None:
             ray.util.remove_placement_group(attempt.placement_group)
         entry, record = attempt.entry, attempt.record
@@ -243,7 +238,6 @@ class Launcher:
                 "failed": states.count("failed"), "total": len(states)}
 
     def _loop(self, todo, address, progress) -> None:
-
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False)
         if threading.current_thread() is threading.main_thread():
@@ -269,7 +263,6 @@ class Launcher:
                 last_beat = time.time()
 
     def _warn_infeasible(self, todo) -> None:
-
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         for resources in {json.dumps(e["resources"], sort_keys=True) for e in todo}:
             wanted = json.loads(resources)
@@ -281,7 +274,6 @@ class Launcher:
         """On the way out with runs still active (Ctrl-C, SIGTERM): stop and record them."""
         if not self.active:
             return
-
         refs = [ref for attempt in self.active.values() for ref in attempt.outstanding]
         self.on_event(f"cancelling {len(refs)} task(s)")
         for ref in refs:

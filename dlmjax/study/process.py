@@ -151,7 +151,8 @@ class _LogSink:
             self._thread.start()
 
     def _upload(self):
-        fs.write_bytes_atomic(self.destination, open(self.local, "rb").read())
+        with open(self.local, "rb") as f:
+            fs.write_bytes_atomic(self.destination, f.read())
 
     def _upload_loop(self):
         while not self._stop.wait(LOG_UPLOAD_S):
