@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from dlmjax import fs
 from dlmjax.scaling import flops, grid
 
 CONFIG_FILE = "config.json"
@@ -55,14 +56,14 @@ def load_run(run_dir: str) -> Run:
     config_path = os.path.join(run_dir, CONFIG_FILE)
     metrics_path = os.path.join(run_dir, METRICS_FILE)
     for path in (config_path, metrics_path):
-        if not os.path.isfile(path):
+        if not fs.isfile(path):  # local or gs:// (a study root in a bucket)
             raise ValueError(f"run directory {run_dir!r} lacks {os.path.basename(path)}")
-    with open(config_path) as f:
+    with fs.open_file(config_path) as f:
         config = json.load(f)
     for key in _REQUIRED_KEYS:
         flops.config_value(config, key, config_path)
     columns = {name: [] for name in METRIC_FIELDS}
-    with open(metrics_path) as f:
+    with fs.open_file(metrics_path) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -110,11 +111,21 @@ def write_run(run_dir: str, config: dict, records) -> str:
 
 
 def find_run_dirs(paths) -> list[str]:
-    """The given run directories; a directory without config.json is searched recursively."""
+    """The given run directories; a directory without config.json is searched recursively,
+    except a study root (tools/study.py), which stands for the finished runs `collect` listed."""
+    from dlmjax.study import layout as study_layout
+
     found = []
     for path in paths:
         if os.path.isfile(os.path.join(path, CONFIG_FILE)):
             found.append(path)
+            continue
+        if fs.isfile(fs.join(path, study_layout.STUDY_FILE)):
+            manifest = fs.join(path, study_layout.FINISHED_FILE)
+            if not fs.isfile(manifest):
+                raise ValueError(f"{path!r} is a study root without {study_layout.FINISHED_FILE}"
+                                 f": run tools/study.py collect --root={path} first")
+            found += [run["run_dir"] for run in json.loads(fs.read_text(manifest))["runs"]]
             continue
         if not os.path.isdir(path):
             raise ValueError(f"{path!r} is neither a run directory nor a folder of runs")
