@@ -1,9 +1,11 @@
 """Shared setup of the interop tests (test_hf, test_trackers, test_harness): one tiny model
-trained once for all three, starting from an imported checkpoint, with W&B offline and a
-profiler trace. Registered in conftest.py, so it is built once per session, and only when one
-of those tests runs."""
+trained once for all three, starting from an imported checkpoint, with W&B offline, a profiler
+trace and a preemption. Registered in conftest.py, so it is built once per session, and only
+when one of those tests runs."""
 
+import contextlib
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -75,30 +77,73 @@ class _Env:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _compilation_cache(directory):
+    """JAX's persistent compilation cache, on only inside: the restarted run then reloads the
+    programs the first run compiled instead of compiling them again."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    options = {"jax_compilation_cache_dir": str(directory),
+               "jax_persistent_cache_min_compile_time_secs": 0.0,
+               "jax_persistent_cache_min_entry_size_bytes": 0}
+    saved = {key: getattr(jax.config, key) for key in options}
+    for key, value in options.items():
+        jax.config.update(key, value)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            jax.config.update(key, value)
+        compilation_cache.reset_cache()
+
+
+class _PreemptAt:
+    """A tracker that sends this process SIGTERM once `step` is logged: the trainer's own
+    preemption handling then saves a checkpoint and stops, as on a preempted machine."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def write(self, record):
+        if record["step"] == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def close(self):
+        pass
+
+
 @pytest.fixture(scope="session")
 def interop_run(tmp_path_factory):
-    """Random weights → run dir → export → import → 4 training steps (W&B offline, steps 2-3
-    profiled) → restart → steps 5-6. Returns the directories involved."""
+    """Random weights exported → imported → trained with W&B offline and steps 2-3 profiled,
+    preempted (SIGTERM) after step 4 → restarted → step 6. Returns the directories involved."""
     import jax
 
     from dlmjax import config as config_lib
-    from dlmjax import fs, rundir, train
-    from dlmjax.hf import export_checkpoint, import_checkpoint, importer
+    from dlmjax import rundir, trackers, train
+    from dlmjax.data import load_tokenizer
+    from dlmjax.hf import import_checkpoint
+    from dlmjax.hf.exporter import export_params
 
     root = tmp_path_factory.mktemp("interop")
-    seed_dir, source, workdir = (str(root / n) for n in ("seed_run", "seed_export", "run"))
-    wandb_dir = str(root / "wandb")
+    source, workdir, wandb_dir = (str(root / n) for n in ("seed_export", "run", "wandb"))
     config = tiny_config()
+    config.data.cache_dir = str(root / "data_cache")  # KJV is tokenised once per session
     run = config_lib.derive(config, jax.device_count())
-    importer.write_state(run, seed_dir, random_params(run.model, 0))
-    fs.write_text_atomic(rundir.config_path(seed_dir), config.to_json())
-    export_checkpoint(seed_dir, source)
+    export_params(random_params(run.model, 0), run, source,
+                  tokenizer_text=load_tokenizer("kjv").to_str())
     config.train.wandb_project, config.train.profile_steps = WANDB_PROJECT, PROFILE_STEPS
     import_checkpoint(source, workdir, config)
-    with _Env(WANDB_MODE="offline", WANDB_DIR=wandb_dir, WANDB_SILENT="true"):
-        for steps in (4, 6):
-            config = rundir.load_config(workdir)
-            config.train.steps = steps
-            fs.write_text_atomic(rundir.config_path(workdir), config.to_json())
-            train.train(config_lib.derive(config, jax.device_count()), workdir, progress=False)
-    return {"seed_run": seed_dir, "source": source, "run": workdir, "wandb_dir": wandb_dir}
+    run = config_lib.derive(rundir.load_config(workdir), jax.device_count())
+    real_trackers = trackers.make_trackers
+    with _Env(WANDB_MODE="offline", WANDB_DIR=wandb_dir, WANDB_SILENT="true"), \
+            _compilation_cache(root / "xla_cache"), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trackers, "make_trackers", lambda c, w: [*real_trackers(c, w),
+                                                                _PreemptAt(4)])
+        preempted = train.train(run, workdir, progress=False)
+        patch.undo()
+        finished = train.train(run, workdir, progress=False)
+    assert int(preempted["step"]) < run.steps == int(finished["step"]) == 6
+    return {"source": source, "run": workdir, "wandb_dir": wandb_dir,
+            "preempted_at": int(preempted["step"])}

@@ -18,18 +18,18 @@ import tokenizers
 from interop_fixtures import random_params, tiny_config
 
 from dlmjax import config as config_lib
-from dlmjax import evaluation, fs, rundir
+from dlmjax import evaluation, rundir
 from dlmjax import model as model_lib
 from dlmjax.data import tokenizer as tok_lib
 from dlmjax.hf import (
     export_checkpoint,
     import_checkpoint,
-    importer,
     safetensors_io,
     state_dict,
     tokenizer_files,
 )
 from dlmjax.hf import format as format_lib
+from dlmjax.hf.exporter import export_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +99,7 @@ def test_export_then_import_is_bitwise_with_the_same_elbo(round_trip):
 
 
 def test_an_imported_run_trains_on_and_samples(interop_run, round_trip):
-    # The shared run was imported at step 0 and trained from there (restarted once at 4).
+    # The shared run was imported at step 0 and trained from there (preempted once).
     lines = [json.loads(line) for line in open(os.path.join(interop_run["run"], "metrics.jsonl"))]
     assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(m["loss"]) for m in lines)
@@ -254,11 +254,9 @@ def test_float64_numpy_forward_of_the_exported_files(case, tmp_path):
     config.data.source = "synthetic_iid"
     config.data.vocab_size = 96
     run = config_lib.derive(config, jax.device_count())
-    workdir, out = str(tmp_path / "run"), str(tmp_path / "export")
+    out = str(tmp_path / "export")
     params = random_params(run.model, seed=len(case))
-    importer.write_state(run, workdir, params)
-    fs.write_text_atomic(rundir.config_path(workdir), config.to_json())
-    export_checkpoint(workdir, out)
+    export_params(params, run, out)
     tokens = np.random.default_rng(0).integers(0, 96, (2, 24))
     noisy = np.arange(24)[None, :] >= np.array([[0], [9]])  # row 1: a clean 9-token prompt
     want = numpy_forward(out, tokens, noisy)
@@ -267,6 +265,8 @@ def test_float64_numpy_forward_of_the_exported_files(case, tmp_path):
                   model_lib.NoisyMask(jnp.asarray(noisy), jnp.asarray(noisy)))
     assert np.std(want) > 0.5  # the random model is far from the zero-head init
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4 * np.std(want))
+    if case == "fan_out":
+        return  # importing is checked by the other cases and the round trip
     imported = str(tmp_path / "imported")
     import_checkpoint(out, imported, config)
     restored = _params(imported)

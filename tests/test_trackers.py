@@ -55,7 +55,7 @@ def _config(**train_keys):
 
 
 def test_wandb_offline_records_metrics_jsonl_and_resumes_the_same_run(interop_run):
-    """The shared run trained steps 1-4, restarted, then 5-6, with W&B offline."""
+    """The shared run was preempted after step 5 and restarted to step 6, with W&B offline."""
     workdir, wandb_dir = interop_run["run"], interop_run["wandb_dir"]
     name = rundir.load_config(workdir).name
     run_id = json.load(open(os.path.join(workdir, trackers.WANDB_RUN_FILE)))["run_id"]
@@ -75,7 +75,7 @@ def test_wandb_offline_records_metrics_jsonl_and_resumes_the_same_run(interop_ru
                                           if not k.startswith("_")}
     metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
-    assert sorted(logged) == [1, 2, 3, 4, 5, 6]
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6] and interop_run["preempted_at"] == 5
     for record in metrics:
         scalars = {k: v for k, v in record.items() if k != "step"}
         assert logged[record["step"]] == scalars

@@ -36,33 +36,31 @@ def _remove_stale_shards(out_dir, keep):
             fs.remove(fs.join(out_dir, name))
 
 
-def export_checkpoint(workdir, out_dir, *, dtype="float32",
-                      max_shard_bytes=safetensors_io.DEFAULT_MAX_SHARD_BYTES,
-                      remote_code_repo=format_lib.DEFAULT_REMOTE_CODE_REPO, overwrite=False):
-    """Exports the newest checkpoint of `workdir`; returns {"step", "files"}."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
-    config = rundir.load_config(workdir)
-    run = config_lib.derive(config, jax.device_count())
-    format_lib.check_exportable(run.model, objective=config.objective,
-                                noise_scale=config.noise.scale)
+def _check_out_dir(out_dir, overwrite):
     if fs.isfile(fs.join(out_dir, "config.json")) and not overwrite:
         raise FileExistsError(f"{out_dir}/config.json exists; pass overwrite=True (--overwrite) "
                               f"to replace the export")
-    params, step = evaluation.restore_params(run, workdir)
-    host = _to_host(params)
-    del params
-    if jax.process_index() != 0:
-        return {"step": step, "files": []}
+
+
+def export_params(params, run, out_dir, *, tokenizer_text=None, dtype="float32",
+                  max_shard_bytes=safetensors_io.DEFAULT_MAX_SHARD_BYTES,
+                  remote_code_repo=format_lib.DEFAULT_REMOTE_CODE_REPO, overwrite=False):
+    """Writes host (NumPy) parameters of `run` (a dlmjax.config.Run) in the format; returns the
+    file names. `tokenizer_text`: the tokenizer.json to ship, if any."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+    config = run.config
+    format_lib.check_exportable(run.model, objective=config.objective,
+                                noise_scale=config.noise.scale)
+    _check_out_dir(out_dir, overwrite)
     fs.makedirs(out_dir)
-    tensors = state_dict.to_state_dict(host, run.model, dtype=DTYPES[dtype])
+    tensors = state_dict.to_state_dict(params, run.model, dtype=DTYPES[dtype])
     files = safetensors_io.write(out_dir, tensors, max_shard_bytes=max_shard_bytes)
     _remove_stale_shards(out_dir, files)
     texts = {"config.json": format_lib.hf_config(run.model, shift=run.shift, torch_dtype=dtype,
                                                  remote_code_repo=remote_code_repo),
              generation.FILE: generation.generation_config(config.sample, run.model.seq_len)}
     texts = {name: json.dumps(value, indent=2) + "\n" for name, value in texts.items()}
-    tokenizer_text = tokenizer_files.run_tokenizer_text(config, workdir)
     if tokenizer_text is None:
         logging.warning("data.source=%r has no tokenizer; the export has none",
                         config.data.source)
@@ -70,6 +68,28 @@ def export_checkpoint(workdir, out_dir, *, dtype="float32",
         texts.update(tokenizer_files.export_files(tokenizer_text, run.model.seq_len))
     for name, text in texts.items():
         fs.write_text_atomic(fs.join(out_dir, name), text)
-    logging.info("exported step %d of %s to %s (%d tensors in %d file(s))", step, workdir,
-                 out_dir, len(tensors), len(files))
-    return {"step": step, "files": sorted([*files, *texts])}
+    logging.info("exported to %s: %d tensors in %d file(s)", out_dir, len(tensors), len(files))
+    return sorted([*files, *texts])
+
+
+def export_checkpoint(workdir, out_dir, *, dtype="float32",
+                      max_shard_bytes=safetensors_io.DEFAULT_MAX_SHARD_BYTES,
+                      remote_code_repo=format_lib.DEFAULT_REMOTE_CODE_REPO, overwrite=False):
+    """Exports the newest checkpoint of `workdir` (config from workdir/config.json); returns
+    {"step", "files"}."""
+    config = rundir.load_config(workdir)
+    run = config_lib.derive(config, jax.device_count())
+    format_lib.check_exportable(run.model, objective=config.objective,
+                                noise_scale=config.noise.scale)
+    _check_out_dir(out_dir, overwrite)
+    params, step = evaluation.restore_params(run, workdir)
+    host = _to_host(params)
+    del params
+    if jax.process_index() != 0:
+        return {"step": step, "files": []}
+    files = export_params(host, run, out_dir,
+                          tokenizer_text=tokenizer_files.run_tokenizer_text(config, workdir),
+                          dtype=dtype, max_shard_bytes=max_shard_bytes,
+                          remote_code_repo=remote_code_repo, overwrite=True)
+    logging.info("exported step %d of %s", step, workdir)
+    return {"step": step, "files": files}
