@@ -34,7 +34,6 @@ from dlmjax.diffusion.elbo import token_losses
 from dlmjax.diffusion.forward import sample_from_pi, sample_zt
 from dlmjax.diffusion.likelihood import quadrature
 from dlmjax.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN
-from dlmjax.model.attention import NoisyMask  # noqa: F401  (re-exported for logits functions)
 
 METHODS = ("grid", "monte_carlo")
 FILLS = ("none", "prior")

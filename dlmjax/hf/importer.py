@@ -49,7 +49,7 @@ def _refuse_used_workdir(workdir):
                               f"import into a new directory")
 
 
-def experiment_config(source, workdir, base_config, *, name=None):
+def experiment_config(source, base_config, *, name=None):
     """(config, report): the experiment config of the imported run, and what the import did."""
     config_path = fs.join(source, "config.json")
     if not fs.isfile(config_path):
@@ -112,7 +112,7 @@ def import_checkpoint(source, workdir, base_config, *, name=None):
     """Imports `source` (local or gs://) into the new run directory `workdir`; returns the
     report written to workdir/hf_import.json."""
     _refuse_used_workdir(workdir)
-    config, report, tied = experiment_config(source, workdir, base_config, name=name)
+    config, report, tied = experiment_config(source, base_config, name=name)
     tokenizer_text = None
     tok_path = fs.join(source, TOKENIZER_FILE)
     if fs.isfile(tok_path):
