@@ -24,10 +24,14 @@ def save(manager, step, state, data_iterator=None, *, force=False) -> bool:
 
 
 def restore(manager, abstract_state, data_iterator=None, step=None):
-    """State at `step` (default: latest) laid out as `abstract_state`; the iterator in place."""
+    """State at `step` (default: latest) laid out as `abstract_state`; the iterator in place.
+
+    A checkpoint without a data iterator (one written by dlmjax.hf's import) leaves the
+    iterator at the start of the data.
+    """
     step = manager.latest_step() if step is None else step
     args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    if data_iterator is not None and (manager.directory / str(step) / "data").exists():
         args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**args))
     return restored["state"]

@@ -8,7 +8,7 @@ import math
 
 from ml_collections import ConfigDict
 
-from dlmjax import optim
+from dlmjax import optim, trackers
 from dlmjax.diffusion import NOISE_SHIFTS
 from dlmjax.model import ModelConfig
 from dlmjax.scaling import flops
@@ -119,6 +119,7 @@ def derive(config: ConfigDict, num_devices: int) -> Run:
     steps = c.train.steps or c.train.tokens // tokens_per_step
     _require(steps >= 1, "train.steps",
              f"no steps to run: set train.steps or train.tokens (>= {tokens_per_step} tokens)")
+    trackers.check_config(c.train)
     for key in ("log_every", "checkpoint_every", "keep_checkpoints", "eval_batches"):
         _require(c.train[key] >= 1, f"train.{key}", f"must be >= 1, got {c.train[key]}")
     _require(c.train.eval_every >= 0, "train.eval_every", f"must be >= 0, got {c.train.eval_every}")

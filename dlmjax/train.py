@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dlmjax import checkpoint, fs, objectives, optim, parallel, tensorboard
+from dlmjax import checkpoint, fs, objectives, optim, parallel, tensorboard, trackers
 from dlmjax import model as model_lib
 from dlmjax.config import Run
 
@@ -148,8 +148,9 @@ class MetricsWriter:
     is re-uploaded (one atomic object write) at every record.
     """
 
-    def __init__(self, workdir, resume_step):
+    def __init__(self, workdir, resume_step, extra_trackers=()):
         self.active = jax.process_index() == 0
+        self.trackers = list(extra_trackers)  # dlmjax.trackers (W&B), process 0 only
         self.path = fs.join(workdir, "metrics.jsonl")
         self.tb = None
         if not self.active:
@@ -176,12 +177,16 @@ class MetricsWriter:
             if key != "step" and isinstance(value, (int, float)):
                 self.tb.add_scalar(key, value, record["step"])
         self.tb.flush()
+        for tracker in self.trackers:
+            tracker.write(record)
 
     def close(self):
         if self.active:
             if self.file is not None:
                 self.file.close()
             self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _lines_up_to(path, step):
@@ -267,7 +272,8 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
 
     cfg = run.config.train
     start = int(state["step"])
-    writer = MetricsWriter(workdir, start)
+    writer = MetricsWriter(workdir, start, trackers.make_trackers(run.config, workdir))
+    profiler = trackers.StepProfiler(cfg.get("profile_steps", ""), workdir)
     preemption = _Preemption()
     peak = (cfg.peak_flops_per_device or measured_matmul_flops()) * jax.device_count()
     bar = tqdm(total=run.steps, initial=start, desc=run.config.name, unit="step",
@@ -275,6 +281,7 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
     last_time, last_step, pending = time.perf_counter(), start, []
     try:
         for step in range(start + 1, run.steps + 1):
+            profiler.before_step(step, state)
             x = _global_batch(next(iterator)["tokens"], shardings.batch)
             state, metrics = step_fn(state, x)
             pending.append(metrics)
@@ -313,6 +320,7 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
                 break
     finally:
         bar.close()
+        profiler.close()
         writer.close()
         preemption.restore()
     return state

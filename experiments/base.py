@@ -65,6 +65,10 @@ def get_config():
     c.train.checkpoint_every = 1000  # steps between checkpoints (one is also written at the end)
     c.train.keep_checkpoints = 3  # the newest k are kept
     c.train.peak_flops_per_device = 0.0  # FLOP/s of one device for MFU; 0 = measure a matmul
+    c.train.wandb_project = ""  # Weights & Biases project; "" = no W&B (pip install wandb)
+    c.train.wandb_entity = ""  # W&B team or user; "" = your default entity
+    c.train.wandb_run_name = ""  # "" = the experiment name; the run id stays in the workdir
+    c.train.profile_steps = ""  # "A-B" or "A": jax.profiler trace of those steps; "" = none
 
     c.sample = ConfigDict()
     c.sample.num_samples = 4  # texts printed and saved at the end of training (and --mode=sample)

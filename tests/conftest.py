@@ -6,3 +6,5 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Experiment files import `experiments.base`, as they do under `python -m dlmjax.main`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from interop_fixtures import interop_run  # noqa: E402, F401  (session fixture of the interop tests)
