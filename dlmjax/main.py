@@ -93,6 +93,11 @@ def main(argv):
         print(json.dumps(describe.describe(run), indent=2))
         return
     workdir = _require_workdir()
+    if _MODE.value in ("train", "eval"):  # before anything compiles; exits 2 on bad data
+        from dlmjax import data
+
+        data.validate_data_config(config.data, model_vocab_size=config.model.vocab_size,
+                                  mode=_MODE.value)
     if _MODE.value == "train":
         _train(run, config, workdir)
     elif _MODE.value == "eval":
@@ -109,6 +114,11 @@ def _train(run, config, workdir):
     from dlmjax import evaluation, fs, train
 
     fs.makedirs(workdir)
+    from dlmjax import data
+
+    # The tokenizer goes into workdir/tokenizer.json and its hash into config.json.
+    config.data.tokenizer_sha256 = data.record_tokenizer(config.data, workdir,
+                                                         write=jax.process_index() == 0)
     if jax.process_index() == 0:
         fs.write_text_atomic(fs.join(workdir, "config.json"), config.to_json(indent=2))
     state = train.train(run, workdir)
@@ -116,7 +126,7 @@ def _train(run, config, workdir):
     # Sampling gathers tokens to the host, which one process can do only for its own shards.
     if step == run.steps and config.sample.num_samples and jax.process_count() == 1:
         texts = evaluation.sample_texts(state["params"], run,
-                                        num_samples=config.sample.num_samples)
+                                        num_samples=config.sample.num_samples, workdir=workdir)
         _print_samples(texts, evaluation.write_samples(workdir, texts, step))
 
 
@@ -130,7 +140,7 @@ def _sample(run, workdir):
         prompts += [line for line in fs.read_text(_PROMPT_FILE.value).splitlines() if line.strip()]
     params, step = evaluation.restore_params(run, workdir)
     texts = evaluation.sample_texts(params, run, num_samples=_NUM_SAMPLES.value,
-                                    prompts=prompts)
+                                    prompts=prompts, workdir=workdir)
     _print_samples(texts, evaluation.write_samples(workdir, texts, step))
 
 
