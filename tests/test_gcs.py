@@ -6,6 +6,7 @@ equal (parameters and logged losses) to an uninterrupted local run on local shar
 corpus; then --mode=eval and --mode=sample work on the bucket's workdir.
 """
 
+import glob
 import json
 import os
 import signal
@@ -56,9 +57,11 @@ def _command(workdir, shards, *extra):
             "--config.train.log_every=2", "--config.train.eval_every=8", *extra]
 
 
-def _start(command):
+def _start(command, compile_cache):
+    # A shared compilation cache: the runs compile the same programs, and compiling dominates
+    # the cost of such tiny runs.
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               JAX_PLATFORMS="cpu")
+               JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache)
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -95,9 +98,14 @@ def test_bucket_run_resumes_bitwise_then_evals_and_samples(gcs, corpus, tmp_path
     local_shards, remote_shards = corpus
     local_dir = str(tmp_path / "local")
     workdir = gcs.fresh_prefix("run")
-    straight = _start(_command(local_dir, local_shards))
-    interrupted = _start(_command(workdir, remote_shards))
+    cache = str(tmp_path / "compile_cache")
+    straight = _start(_command(local_dir, local_shards), cache)
     deadline = time.monotonic() + 600
+    while not glob.glob(os.path.join(cache, "jit_train_step-*")):  # compiled once, then shared
+        assert straight.poll() in (None, 0), straight.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, "the train step did not compile"
+        time.sleep(0.2)
+    interrupted = _start(_command(workdir, remote_shards), cache)
     while not _appeared(fs.join(workdir, "checkpoints", "8")):
         assert interrupted.poll() is None, interrupted.communicate()[1][-4000:]
         assert time.monotonic() < deadline, "no checkpoint 8 in the bucket"
@@ -107,7 +115,7 @@ def test_bucket_run_resumes_bitwise_then_evals_and_samples(gcs, corpus, tmp_path
     _finish(interrupted)
     stopped_at = _steps_saved(workdir)[-1]
     assert 8 <= stopped_at < STEPS, stopped_at
-    _finish(_start(_command(workdir, remote_shards)))  # resumes from the bucket
+    _finish(_start(_command(workdir, remote_shards), cache))  # resumes from the bucket
     _finish(straight)
 
     for a, b in zip(_params(local_dir, STEPS), _params(workdir, STEPS)):
@@ -123,9 +131,11 @@ def test_bucket_run_resumes_bitwise_then_evals_and_samples(gcs, corpus, tmp_path
     assert fs.isdir(fs.join(workdir, "tensorboard"))
 
     GcsEmulator.forget_listings()
-    evaluation = _start(_command(workdir, remote_shards, "--mode=eval"))
+    evaluation = _start(_command(workdir, remote_shards, "--mode=eval", "--config.eval.batches=2",
+                                 "--config.eval.grid_points=8"), cache)
     sampling = _start(_command(workdir, remote_shards, "--mode=sample", "--num_samples=2",
-                               "--prompt=In the beginning God", "--config.sample.steps=8"))
+                               "--prompt=In the beginning God", "--config.sample.steps=8"),
+                      cache)
     result = json.loads(_finish(evaluation))
     GcsEmulator.forget_listings()
     assert result["step"] == STEPS and np.isfinite(result["elbo_nats_per_token"])
@@ -138,3 +148,32 @@ def test_bucket_run_resumes_bitwise_then_evals_and_samples(gcs, corpus, tmp_path
     for i in range(2):
         assert f"--- sample {i}\nIn the beginning God" in printed
         assert f"--- sample {i}\nIn the beginning God" in texts
+
+
+def test_text_files_globs_and_caches_in_a_bucket(gcs, tmp_path):
+    """data.source=files on gs:// globs (.txt and .jsonl.gz), with data.cache_dir in the bucket:
+    the same documents and tokens as from local copies; the cached stream is reused."""
+    import gzip
+
+    chapters = kjv.kjv_chapters("heldout")
+    prefix = gcs.fresh_prefix("files")
+    (tmp_path / "a.txt").write_text("\n".join(chapters[:30]) + "\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt", encoding="utf-8") as f:
+        for chapter in chapters[30:]:
+            f.write(json.dumps({"text": chapter}) + "\n")
+    for name in ("a.txt", "b.jsonl.gz"):
+        fs.write_bytes_atomic(f"{prefix}/{name}", (tmp_path / name).read_bytes())
+    streams = []
+    for paths, cache in (((f"{prefix}/*.txt", f"{prefix}/*.jsonl.gz"), f"{prefix}/cache"),
+                         ((str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl.gz")), "")):
+        cfg = data.default_data_config()
+        cfg.update(source="files", paths=paths, cache_dir=cache, data_dir=str(tmp_path / "tfds"),
+                   heldout_fraction=0.1)
+        rows = data.packed_rows(cfg, split="train", seq_len=32)
+        streams.append(rows.stream.read(0, len(rows.stream)))
+    np.testing.assert_array_equal(streams[0], streams[1])
+    GcsEmulator.forget_listings()
+    cached = [n for n in fs.listdir(f"{prefix}/cache") if n.startswith("tokens-")]
+    assert len(cached) == 1
+    blob = np.frombuffer(fs.read_bytes(f"{prefix}/cache/{cached[0]}"), dtype="<u4")
+    np.testing.assert_array_equal(blob, streams[0])

@@ -135,7 +135,10 @@ def tokenizer_fingerprint(spec: str) -> str:
 
 def encode_documents(tok: tokenizers.Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
     """Encodes documents to uint32 id arrays without adding any special token."""
-    encodings = tok.encode_batch(list(texts), add_special_tokens=False)
+    # The fast variant skips character offsets, which only alignment needs: same ids, ~20% less
+    # time.
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    encodings = encode(list(texts), add_special_tokens=False)
     return [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
 
 
