@@ -79,6 +79,11 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=experiments/<name>.py is required")
+    if _MODE.value in ("train", "eval"):  # first, before jax starts: exits 2 on bad data
+        from dlmjax import data
+
+        data.validate_data_config(config.data, model_vocab_size=config.model.vocab_size,
+                                  mode=_MODE.value)
     if _MODE.value == "describe":
         _fake_devices_for_describe(config)
     _initialize_distributed()
@@ -93,11 +98,6 @@ def main(argv):
         print(json.dumps(describe.describe(run), indent=2))
         return
     workdir = _require_workdir()
-    if _MODE.value in ("train", "eval"):  # before anything compiles; exits 2 on bad data
-        from dlmjax import data
-
-        data.validate_data_config(config.data, model_vocab_size=config.model.vocab_size,
-                                  mode=_MODE.value)
     if _MODE.value == "train":
         _train(run, config, workdir)
     elif _MODE.value == "eval":
