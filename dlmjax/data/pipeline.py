@@ -26,7 +26,6 @@ from dlmjax.data.config import SYNTHETIC_SOURCES, TEXT_SOURCES
 from dlmjax.data.text_sources import EVAL, TRAIN, heldout_cut
 
 EVAL_SHUFFLE_SEED = 0  # fixed: every run evaluates on the same held-out rows
-__all__ = ["TEXT_SOURCES", "vocab_size_of"]  # re-exported: callers import them from here
 
 
 def _require_parsed_flags(data_cfg) -> None:
