@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from dlmjax import data
 from dlmjax.diffusion import elbo
 from dlmjax.diffusion.schedule import alpha, log_snr_density, pi_derivative_at, uniform_fraction
 
@@ -162,4 +163,6 @@ BENCHMARKS = {
         pipeline_report,
     "sampler (one sampler step over one forward of the tiny model; goal <= 1.1)":
         sampler_report,
+    "prepare_data (KJV tokens/s per worker, 1 and 2 workers; goal >= 0.5M per core)":
+        data.benchmark_prepare,
 }

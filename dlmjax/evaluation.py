@@ -10,15 +10,14 @@ import numpy as np
 from dlmjax import checkpoint, fs, parallel, train
 from dlmjax import model as model_lib
 from dlmjax.config import MASK_ID, Run
-from dlmjax.data.pipeline import TEXT_SOURCES
 from dlmjax.diffusion import sampling
 
 
-def _tokenizer(run: Run):
+def _tokenizer(run: Run, workdir=None):
+    """workdir/tokenizer.json when the run recorded one, else the data config's (or None)."""
     from dlmjax import data
 
-    return data.load_tokenizer(run.config.data.tokenizer) if (
-        run.config.data.source in TEXT_SOURCES) else None
+    return data.run_tokenizer(workdir, run.config.data)
 
 
 def _decode(tokenizer, tokens_BxL):
@@ -63,15 +62,16 @@ def sample_tokens(params, run: Run, key, num_samples, prompt_BxP=None, prompt_le
         float64=s.float64, block_size=s.block_size or None, logits_fn_accepts_mask=True)
 
 
-def sample_texts(params, run: Run, *, num_samples, prompts=(), seed=0):
+def sample_texts(params, run: Run, *, num_samples, prompts=(), seed=0, workdir=None):
     """Decoded samples: `num_samples` unconditional ones, or that many per prompt."""
-    tokenizer = _tokenizer(run)
+    tokenizer = _tokenizer(run, workdir)
     key = jax.random.key(seed)
     if not prompts:
         return _decode(tokenizer, sample_tokens(params, run, key, num_samples))
     if tokenizer is None:
-        raise ValueError(f"prompts need a text data.source, not {run.config.data.source!r}")
-    encoded = [tokenizer.encode(p).ids for p in prompts for _ in range(num_samples)]
+        raise ValueError("prompts need a tokenizer: set data.tokenizer (the run recorded none)")
+    encoded = [tokenizer.encode(p, add_special_tokens=False).ids
+               for p in prompts for _ in range(num_samples)]
     longest = max(len(ids) for ids in encoded)
     if longest >= run.model.seq_len:
         raise ValueError(f"a prompt has {longest} tokens; model.seq_len is {run.model.seq_len}")
@@ -128,7 +128,7 @@ def evaluate_checkpoint(run: Run, workdir):
     batches = list(data.make_eval_batches(cfg.data, seq_len=run.model.seq_len,
                                           batch_size=run.batch_size // run.microbatches,
                                           num_batches=cfg.eval.batches))
-    tokenizer = _tokenizer(run)
+    tokenizer = _tokenizer(run, workdir)
     bytes_per_token = _bytes_per_token(tokenizer, batches) if tokenizer else None
     if cfg.objective == "autoregressive":
         eval_fn = jax.jit(functools.partial(train.eval_step, run=run))

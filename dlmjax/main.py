@@ -67,7 +67,8 @@ def _quiet_library_logs():
 
     class _DropOrbaxInfo(py_logging.Filter):
         def filter(self, record):
-            return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+            return record.levelno >= py_logging.WARNING or not any(
+                name in record.pathname for name in ("orbax", "fsspec", "gcsfs"))
 
     logging.get_absl_handler().addFilter(_DropOrbaxInfo())
 
@@ -79,6 +80,11 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=experiments/<name>.py is required")
+    if _MODE.value in ("train", "eval"):  # first, before jax starts: exits 2 on bad data
+        from dlmjax import data
+
+        data.validate_data_config(config.data, model_vocab_size=config.model.vocab_size,
+                                  mode=_MODE.value)
     if _MODE.value == "describe":
         _fake_devices_for_describe(config)
     _initialize_distributed()
@@ -109,6 +115,11 @@ def _train(run, config, workdir):
     from dlmjax import evaluation, fs, train
 
     fs.makedirs(workdir)
+    from dlmjax import data
+
+    # The tokenizer goes into workdir/tokenizer.json and its hash into config.json.
+    config.data.tokenizer_sha256 = data.record_tokenizer(config.data, workdir,
+                                                         write=jax.process_index() == 0)
     if jax.process_index() == 0:
         fs.write_text_atomic(fs.join(workdir, "config.json"), config.to_json(indent=2))
     state = train.train(run, workdir)
@@ -116,7 +127,7 @@ def _train(run, config, workdir):
     # Sampling gathers tokens to the host, which one process can do only for its own shards.
     if step == run.steps and config.sample.num_samples and jax.process_count() == 1:
         texts = evaluation.sample_texts(state["params"], run,
-                                        num_samples=config.sample.num_samples)
+                                        num_samples=config.sample.num_samples, workdir=workdir)
         _print_samples(texts, evaluation.write_samples(workdir, texts, step))
 
 
@@ -130,7 +141,7 @@ def _sample(run, workdir):
         prompts += [line for line in fs.read_text(_PROMPT_FILE.value).splitlines() if line.strip()]
     params, step = evaluation.restore_params(run, workdir)
     texts = evaluation.sample_texts(params, run, num_samples=_NUM_SAMPLES.value,
-                                    prompts=prompts)
+                                    prompts=prompts, workdir=workdir)
     _print_samples(texts, evaluation.write_samples(workdir, texts, step))
 
 

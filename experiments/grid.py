@@ -8,6 +8,7 @@ construction and the run lengths). Keys with tokens=, seq= or vocab= address run
 study grid, such as those `tools/make_grid.py` plans for a new FLOP budget.
 """
 
+from dlmjax import data
 from dlmjax.scaling import grid
 from experiments import base
 
@@ -26,4 +27,7 @@ def get_config(key=None):
         section, leaf = dotted.split(".")
         c[section][leaf] = value
     c.train.batch_size = point.batch
+    # The study's pre-tokenised corpus (131,072-token vocabulary); --config.data.paths is required
+    # for train and eval (README, "Data for the study"). No toy corpus is used by default.
+    c.data = data.study_data_config()
     return c

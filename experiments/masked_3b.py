@@ -4,6 +4,7 @@ per step for 23,500 steps (74B tokens), 20% cooldown; reported ELBO 2.422, PPL 1
 η from the law η* = 10^−2.06·B^0.3412 at B = 1536·2048 = 3,145,728 tokens: 1.44.
 """
 
+from dlmjax import data
 from experiments import base
 
 
@@ -23,4 +24,7 @@ def get_config():
     c.mesh.data = 1
     c.mesh.fsdp = -1
     c.mesh.num_devices = 64
+    # The study's pre-tokenised corpus (131,072-token vocabulary); --config.data.paths is required
+    # for train and eval (README, "Data for the study"). No toy corpus is used by default.
+    c.data = data.study_data_config()
     return c

@@ -5,6 +5,7 @@ cooldown. Its learning rate is not published; the study's law η* = 10^−2.06·
 B = 3072·2048 = 6,291,456 tokens gives η = 1.82.
 """
 
+from dlmjax import data
 from experiments import base
 
 
@@ -25,4 +26,7 @@ def get_config():
     c.mesh.data = 1
     c.mesh.fsdp = -1
     c.mesh.num_devices = 64
+    # The study's pre-tokenised corpus (131,072-token vocabulary); --config.data.paths is required
+    # for train and eval (README, "Data for the study"). No toy corpus is used by default.
+    c.data = data.study_data_config()
     return c

@@ -3,8 +3,32 @@
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Experiment files import `experiments.base`, as they do under `python -m dlmjax.main`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from interop_fixtures import interop_run  # noqa: E402, F401  (session fixture of the interop tests)
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A local Google Cloud Storage emulator for the session (tests/gcs_emulator.py).
+
+    This process's environment points gs:// at it while it runs; pass `gcs.env` to subprocesses
+    (it is in os.environ already, so `dict(os.environ)` carries it). Use `gcs.fresh_prefix()`
+    for a directory of your own in its bucket.
+    """
+    from gcs_emulator import GcsEmulator
+
+    emulator = GcsEmulator().start()
+    saved = {key: os.environ.get(key) for key in emulator.env}
+    os.environ.update(emulator.env)
+    yield emulator
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    emulator.stop()

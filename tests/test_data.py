@@ -2,6 +2,11 @@
 
 import gzip
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 
 import grain
 import numpy as np
@@ -533,3 +538,232 @@ def test_default_config_and_benchmark(kjv_cfg):
         stats["pipeline_tokens_per_s"], stats["pipeline_batches_per_s"] * S * B, rtol=1e-9
     )
     assert stats["pipeline_tokens_per_s"] > 0 and stats["pipeline_setup_s"] > 0
+
+
+# ------------------------------------------------------------------------- study corpus
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO = os.path.join(ROOT, "tests", "micro_config.py")
+GRID_POINT = "experiments/grid.py:noise=masked,size=L8-D512,batch=64,lr=0.3"
+
+
+def _main(*args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "dlmjax.main", *args], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu",
+                 XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+
+
+def _finish(process):
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=600)
+    return process.returncode, stderr, time.monotonic() - started
+
+
+def _bad_shards(tmp_path):
+    """An ArrayRecord and a parquet shard whose every record holds an id >= 4096."""
+    rng = np.random.default_rng(0)
+    docs = [np.append(rng.integers(4, 4096, size=63), 4096 + i) for i in range(256)]
+    paths = {}
+    for name in ("bad.array_record", "bad.parquet"):
+        paths[name] = str(tmp_path / name)
+        tokenized.write_token_shard(paths[name], docs)
+    return paths
+
+
+def test_bad_data_exits_2_naming_the_key_or_file(tmp_path):
+    """Study experiments without data.paths (train, eval), and out-of-range ids in an ArrayRecord
+    and in a parquet shard: exit 2 with a message naming data.paths or the file."""
+    bad = _bad_shards(tmp_path)
+    tokenized_run = ("--config.data.source=tokenized", "--config.data.vocab_size=0",
+                     "--config.data.tokenizer=kjv", "--config.model.vocab_size=4096",
+                     "--config.train.steps=2")
+    cases = {}
+    for config in ("experiments/uniform_10b.py", GRID_POINT):
+        for mode in ("train", "eval"):
+            cases[(config, mode)] = _main(f"--config={config}", f"--workdir={tmp_path / mode}",
+                                          f"--mode={mode}")
+    for name, path in bad.items():
+        cases[name] = _main(f"--config={MICRO}", f"--workdir={tmp_path / name}-run",
+                            *tokenized_run, f"--config.data.paths={path}")
+    for case, process in cases.items():
+        code, stderr, seconds = _finish(process)
+        print(f"{case}: exit {code} after {seconds:.1f} s: {stderr.strip().splitlines()[-1]}")
+        assert code == 2, stderr[-3000:]
+        if case in bad:
+            assert re.search(rf"error: ValueError: {re.escape(bad[case])}.*: token id 4\d\d\d "
+                             r">= vocab_size 4096", stderr), stderr[-3000:]
+        else:
+            assert "error: ValueError: data.paths: not set" in stderr
+            assert 'README section "Data for the study"' in stderr
+            assert "--config.data.paths=" in stderr and "list<int>" in stderr
+
+
+def test_special_tokens_checked_by_id_with_configurable_names(tmp_path):
+    texts = kjv.kjv_chapters("heldout")[:20]
+    study = data.train_bpe_tokenizer(texts, 400, special_tokens=tok_lib.STUDY_SPECIAL_TOKENS)
+    study.save(str(tmp_path / "study.json"))
+    loaded = data.load_tokenizer(str(tmp_path / "study.json"))  # default: ours or the study's
+    assert [loaded.id_to_token(i) for i in range(4)] == list(tok_lib.STUDY_SPECIAL_TOKENS)
+    with pytest.raises(ValueError, match="special tokens at ids 0-3"):
+        data.load_tokenizer(str(tmp_path / "study.json"), ",".join(tok_lib.SPECIAL_TOKENS))
+    names = ("<s>", "</s>", "<pad>", "<m>")
+    own = data.train_bpe_tokenizer(texts, 400, special_tokens=names)
+    own.save(str(tmp_path / "own.json"))
+    with pytest.raises(ValueError, match="data.special_tokens"):
+        data.load_tokenizer(str(tmp_path / "own.json"))
+    assert data.load_tokenizer(str(tmp_path / "own.json"), "<s>,</s>,<pad>,<m>") is not None
+    cfg = data.default_data_config()
+    cfg.update(source="files", paths=("x.txt",), tokenizer=str(tmp_path / "own.json"),
+               special_tokens="<s>,</s>,<pad>,<m>")
+    assert data.vocab_size_of(cfg) == 400
+
+
+def _prepared(tmp_path, name, tokenizer="kjv"):
+    corpus = tmp_path / f"{name}.txt"
+    corpus.write_text("\n".join(kjv.kjv_chapters("heldout")) + "\n")
+    return data.prepare_corpus([str(corpus)], str(tmp_path / name), tokenizer, shard_mb=0.05,
+                               row_length=128, progress=False)["directory"]
+
+
+def test_validate_data_config(tmp_path):
+    check = data.validate_data_config
+    study = data.study_data_config()
+    with pytest.raises(ValueError, match=r"^data\.paths: not set"):
+        check(study, model_vocab_size=131072, mode="train")
+    assert check(study, model_vocab_size=131072, mode="describe") is None
+    assert check(study, model_vocab_size=131072, mode="sample") is None
+    kjv_cfg = data.default_data_config()
+    with pytest.raises(ValueError, match="model.vocab_size=131072 is larger than the data's "
+                                         "vocabulary of 4096"):
+        check(kjv_cfg, model_vocab_size=131072, mode="eval")
+    with pytest.raises(ValueError, match="model.vocab_size=64 is smaller than"):
+        check(kjv_cfg, model_vocab_size=64, mode="train")
+    kjv_cfg.vocab_size = 4224  # padded on purpose, to a multiple of 128
+    assert check(kjv_cfg, model_vocab_size=4224, mode="train").size == 4224
+    # Prepared shards: the vocabulary and tokenizer come from the manifest's directory.
+    shards = _prepared(tmp_path, "kjv_tok")
+    study.paths = (shards,)
+    with pytest.raises(ValueError, match="model.vocab_size=131072 is larger"):
+        check(study, model_vocab_size=131072, mode="train")
+    vocab = check(study, model_vocab_size=4096, mode="train")
+    assert vocab.tokenizer == f"{shards}/tokenizer.json"
+    assert vocab.tokenizer_sha256 == tok_lib.tokenizer_sha256("kjv")
+    study.paths = (f"{shards}/part-*.parquet",)
+    assert check(study, model_vocab_size=4096, mode="train").tokenizer_sha256 == \
+        vocab.tokenizer_sha256
+    # ... and a different tokenizer than the shards were prepared with is an error.
+    other = data.train_bpe_tokenizer(kjv.kjv_chapters("heldout"), 4096)
+    other.save(str(tmp_path / "other.json"))
+    study.tokenizer = str(tmp_path / "other.json")
+    with pytest.raises(ValueError, match="is not the tokenizer the shards were prepared with"):
+        check(study, model_vocab_size=4096, mode="train")
+    study.tokenizer = ""
+    study.tokenizer_sha256 = "0" * 64
+    with pytest.raises(ValueError, match="data.tokenizer_sha256"):
+        check(study, model_vocab_size=4096, mode="train")
+    # Shards without manifest or tokenizer: the vocabulary must be declared.
+    bare = data.study_data_config()
+    bare.update(paths=(str(tmp_path / "kjv_tok" / "part-00000.parquet"),), tokenizer="")
+    import shutil
+
+    shutil.copy(bare.paths[0], tmp_path / "bare.parquet")
+    bare.paths = (str(tmp_path / "bare.parquet"),)
+    with pytest.raises(ValueError, match="^data.vocab_size: the vocabulary of the shards"):
+        check(bare, model_vocab_size=4096, mode="train")
+    bare.vocab_size = 4096
+    assert check(bare, model_vocab_size=4096, mode="train").tokenizer is None
+
+
+def test_tokenizer_recorded_with_the_run(tmp_path):
+    cfg = data.default_data_config()
+    workdir = str(tmp_path / "run")
+    sha = data.record_tokenizer(cfg, workdir)
+    assert sha == tok_lib.tokenizer_sha256("kjv")
+    copy = tmp_path / "run" / "tokenizer.json"
+    assert copy.read_bytes() == tok_lib.tokenizer_bytes("kjv")
+    assert data.record_tokenizer(cfg, workdir) == sha  # a resumed run with the same tokenizer
+    other = data.train_bpe_tokenizer(kjv.kjv_chapters("heldout"), 300)
+    other.save(str(tmp_path / "other.json"))
+    cfg.tokenizer = str(tmp_path / "other.json")
+    with pytest.raises(ValueError, match="not the tokenizer this run was started with"):
+        data.record_tokenizer(cfg, workdir)
+    # Decoding uses the run's copy, whatever the config now says.
+    assert data.run_tokenizer(workdir, cfg).get_vocab_size() == 4096
+    assert data.run_tokenizer(str(tmp_path / "new"), cfg).get_vocab_size() == 300
+    synthetic_cfg = data.default_data_config()
+    synthetic_cfg.update(source="synthetic_iid", vocab_size=64)
+    assert data.record_tokenizer(synthetic_cfg, str(tmp_path / "syn")) == ""
+    assert data.run_tokenizer(str(tmp_path / "syn"), synthetic_cfg) is None
+
+
+def test_parquet_is_read_by_row_group(tmp_path):
+    """Each read decodes only the row groups it overlaps; the stream is the records in order."""
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(4, 1000, size=rng.integers(1, 40)) for _ in range(400)]
+    paths = [str(tmp_path / f"s{i}.parquet") for i in range(2)]
+    tokenized.write_token_shard(paths[0], docs[:250], row_group_size=10)
+    tokenized.write_token_shard(paths[1], docs[250:], row_group_size=10)
+    cfg = data.default_data_config()
+    cfg.update(source="tokenized", paths=(str(tmp_path / "s*.parquet"),), append_eos=True,
+               vocab_size=1000, cache_dir=str(tmp_path / "cache"))
+    rows = data.packed_rows(cfg, split="train", seq_len=16)
+    stream = rows.stream
+    assert isinstance(stream, tokenized.ParquetTokens)
+    assert [layout.num_units for layout in stream.layouts] == [25, 15]
+    expected = np.concatenate([np.append(d, data.EOS_ID) for d in docs])
+    loads = []
+    original = stream._load
+    stream._load = lambda reader, shard, unit: loads.append((shard, unit)) or original(
+        reader, shard, unit)
+    layout = stream.layouts[1]
+    begin = int(stream.shard_starts[1] + layout.unit_starts[3]) + 1  # inside row group 3
+    np.testing.assert_array_equal(stream.read(begin, begin + 5), expected[begin : begin + 5])
+    assert loads == [(1, 3)]
+    np.testing.assert_array_equal(stream.read(0, len(stream)), expected)
+    # A sequential pass decodes every row group exactly once, in order.
+    assert loads[1:] == [(0, g) for g in range(25)] + [(1, g) for g in range(15)]
+    # Variable-length records: the per-row-group token counts were indexed once and cached.
+    assert len(os.listdir(tmp_path / "cache")) == 2
+    again = data.packed_rows(cfg, split="train", seq_len=16).stream
+    for a, b in zip(again.layouts, stream.layouts):
+        np.testing.assert_array_equal(a.unit_starts, b.unit_starts)
+
+
+def test_pipeline_memory_does_not_grow_with_the_shard_set(tmp_path):
+    """Peak RSS of building the pipeline and reading 100 shuffled batches (which touch every
+    shard) over 20 vs 64 shards of 1 MiB of ids each (as uint32): a pipeline that loaded its
+    shards would grow by the 44 MiB between them. Measured above the RSS after the imports."""
+    rows_per_shard, row = 128, 2048
+    ramp = np.arange(row, dtype=np.int64)
+    for shard_format in ("parquet", "array_record"):
+        (tmp_path / shard_format).mkdir()
+        for s in range(64):
+            records = [(ramp + 7 * (s * rows_per_shard + r)) % 997 + 4
+                       for r in range(rows_per_shard)]
+            blob = tokenized.encode_shard(records, shard_format=shard_format,
+                                          token_dtype="uint16", row_group_size=16)
+            (tmp_path / shard_format / f"s{s:03d}.{shard_format}").write_bytes(blob)
+    probes = {}
+    for shard_format in ("parquet", "array_record"):
+        for count, pattern in ((20, "s0[01]?"), (64, "s*")):  # s000-s019, all
+            glob_ = str(tmp_path / shard_format / f"{pattern}.{shard_format}")
+            probes[shard_format, count] = subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "tests", "pipeline_rss.py"), shard_format,
+                 glob_, "100"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    growth = {}
+    for key, process in probes.items():
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+        report = json.loads(stdout)
+        growth[key] = report["peak_rss_bytes"] - report["baseline_rss_bytes"]
+    loaded_difference = 44 * rows_per_shard * row * 4  # the ids of 44 shards as uint32
+    for shard_format in ("parquet", "array_record"):
+        few, many = growth[shard_format, 20], growth[shard_format, 64]
+        print(f"{shard_format}: pipeline peak RSS +{few / 2**20:.1f} MiB (20 shards), "
+              f"+{many / 2**20:.1f} MiB (64 shards); the data differ by "
+              f"{loaded_difference / 2**20:.0f} MiB")
+        assert many - few < loaded_difference / 8

@@ -5,7 +5,7 @@ pipeline is stream[i*S:(i+1)*S]. Rows are then a random-access data source: shuf
 by process, resuming after preemption and the held-out split are all plain index arithmetic,
 and a checkpointed iterator is just a position. Text is tokenised and packed once per
 (source, tokenizer) - in memory for small corpora such as KJV, or into a cache file that is
-memory-mapped - and pre-tokenised ArrayRecord shards are read in place through an offset index.
+memory-mapped - and pre-tokenised shards are read in place (tokenized.py).
 The final partial row of a stream (fewer than S tokens) is dropped.
 """
 
@@ -21,6 +21,7 @@ from typing import Protocol
 import grain
 import numpy as np
 
+from dlmjax import fs
 from dlmjax.data import tokenizer as tok_lib
 
 DOCS_PER_ENCODE_CALL = 64
@@ -35,7 +36,7 @@ class TokenStream(Protocol):
 
 
 class MemoryTokens:
-    """A stream held in memory (small corpora, parquet shards)."""
+    """A stream held in memory (small text corpora)."""
 
     def __init__(self, tokens: np.ndarray, name: str):
         self.tokens = tokens
@@ -110,14 +111,16 @@ class PackedRows:
 
 
 def check_token_range(tokens: np.ndarray, vocab_size: int, where: str) -> None:
-    """ValueError when an id is outside [0, vocab_size) (the model would index out of range)."""
+    """ValueError naming `where` when an id is outside [0, vocab_size): the embedding lookup
+    would silently clamp it."""
     if len(tokens) == 0:
         return
     hi = int(tokens.max())
     if hi >= vocab_size:
         raise ValueError(
-            f"{where}: token id {hi} >= vocab_size {vocab_size} "
-            "(set data.vocab_size or fix the data)"
+            f"{where}: token id {hi} >= vocab_size {vocab_size}: ids must lie in "
+            "[0, model.vocab_size); fix the data or the vocabulary (data.vocab_size, "
+            "model.vocab_size)"
         )
 
 
@@ -127,13 +130,14 @@ class _EncodeWithEos:
     Loads the tokenizer lazily so that only the spec (a short string) is pickled to workers.
     """
 
-    def __init__(self, tokenizer_spec: str):
+    def __init__(self, tokenizer_spec: str, special_tokens=""):
         self.tokenizer_spec = tokenizer_spec
+        self.special_tokens = special_tokens
         self._tok = None
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if self._tok is None:
-            self._tok = tok_lib.load_tokenizer(self.tokenizer_spec)
+            self._tok = tok_lib.load_tokenizer(self.tokenizer_spec, self.special_tokens)
         eos = np.array([tok_lib.EOS_ID], dtype=np.uint32)
         pieces = []
         for ids in tok_lib.encode_documents(self._tok, texts):
@@ -141,18 +145,18 @@ class _EncodeWithEos:
         return np.concatenate(pieces) if pieces else np.zeros(0, np.uint32)
 
     def __getstate__(self):
-        return {"tokenizer_spec": self.tokenizer_spec, "_tok": None}
+        return {**self.__dict__, "_tok": None}
 
 
 def _encoded_chunks(
-    docs, to_text: Callable[[object], str], tokenizer_spec: str, worker_count: int
+    docs, to_text: Callable[[object], str], encode: _EncodeWithEos, worker_count: int
 ) -> Iterable[np.ndarray]:
     """Tokenises `docs` (len + getitem) in document order with grain, optionally in workers."""
     ds = (
         grain.MapDataset.source(docs)
         .map(to_text)
         .batch(DOCS_PER_ENCODE_CALL, batch_fn=list)
-        .map(_EncodeWithEos(tokenizer_spec))
+        .map(encode)
         .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
     )
     if worker_count > 0:
@@ -172,28 +176,37 @@ def tokenize_to_stream(
     description: dict,
     cache_dir: str,
     worker_count: int,
+    special_tokens="",
 ) -> TokenStream:
     """Tokenises + packs documents into one stream, EOS after each document.
 
     With `cache_dir` the stream is written once to a file named by a hash of `description` (which
-    must identify the documents) and the tokenizer, and memory-mapped on later calls.
+    must identify the documents) and the tokenizer; a local cache file is memory-mapped on later
+    calls, one in a bucket is read back into memory.
     """
     if len(docs) == 0:
         raise ValueError(f"data source {description} has no documents")
     key = cache_key({**description, "tokenizer": tok_lib.tokenizer_fingerprint(tokenizer_spec)})
     name = f"{description.get('source', 'text')}-{key}"
+    encode = _EncodeWithEos(tokenizer_spec, special_tokens)
     if not cache_dir:
-        chunks = list(_encoded_chunks(docs, to_text, tokenizer_spec, worker_count))
+        chunks = list(_encoded_chunks(docs, to_text, encode, worker_count))
         return MemoryTokens(np.concatenate(chunks), name)
-    os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, f"tokens-{name}.u32")
+    path = fs.join(cache_dir, f"tokens-{name}.u32")
+    if fs.is_remote(path):
+        if not fs.isfile(path):
+            chunks = list(_encoded_chunks(docs, to_text, encode, worker_count))
+            fs.write_bytes_atomic(path, np.concatenate(chunks).astype("<u4").tobytes())
+        return MemoryTokens(np.frombuffer(fs.read_bytes(path), dtype="<u4"), name)
+    path = fs.absolute(path)
     if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         # Write to a temporary file and rename, so a preempted preparation never leaves a
         # truncated stream that a later run would silently use.
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                for chunk in _encoded_chunks(docs, to_text, tokenizer_spec, worker_count):
+                for chunk in _encoded_chunks(docs, to_text, encode, worker_count):
                     f.write(chunk.astype("<u4").tobytes())
             os.replace(tmp, path)
         finally:

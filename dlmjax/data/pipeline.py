@@ -12,7 +12,6 @@ infinite (row i is generated from its own key) and need no shuffle.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -21,162 +20,12 @@ import ml_collections
 import numpy as np
 
 from dlmjax.data import files as files_lib
-from dlmjax.data import kjv, packing, synthetic, tokenized
-from dlmjax.data import tokenizer as tok_lib
-from dlmjax.data.config import SOURCES
+from dlmjax.data import packing, synthetic, text_sources, tokenized
+from dlmjax.data.checks import check_source, resolve_tokenizer_spec, vocab_size_of
+from dlmjax.data.config import SYNTHETIC_SOURCES, TEXT_SOURCES
+from dlmjax.data.text_sources import EVAL, TRAIN, heldout_cut
 
-TEXT_SOURCES = ("kjv", "tfds", "files")
-SYNTHETIC_SOURCES = ("synthetic_markov", "synthetic_iid")
 EVAL_SHUFFLE_SEED = 0  # fixed: every run evaluates on the same held-out rows
-TRAIN, EVAL = "train", "eval"
-
-
-def _check_source(data_cfg) -> str:
-    if data_cfg.source not in SOURCES:
-        raise ValueError(f"data.source={data_cfg.source!r} must be one of {SOURCES}")
-    return data_cfg.source
-
-
-def vocab_size_of(data_cfg) -> int:
-    """The model's vocabulary size V for this data config (ids 0-3 are the special tokens)."""
-    source = _check_source(data_cfg)
-    if source in SYNTHETIC_SOURCES:
-        if data_cfg.vocab_size <= tok_lib.NUM_SPECIAL + 2:
-            raise ValueError(
-                f"data.vocab_size={data_cfg.vocab_size} must be set > {tok_lib.NUM_SPECIAL + 2} "
-                f"for data.source={source!r}"
-            )
-        return int(data_cfg.vocab_size)
-    if source == "tokenized" and data_cfg.vocab_size > 0:
-        return int(data_cfg.vocab_size)
-    tok_size = tok_lib.load_tokenizer(data_cfg.tokenizer).get_vocab_size()
-    if data_cfg.vocab_size == 0:
-        return tok_size
-    if data_cfg.vocab_size < tok_size:
-        raise ValueError(
-            f"data.vocab_size={data_cfg.vocab_size} is smaller than the tokenizer's {tok_size}"
-        )
-    return int(data_cfg.vocab_size)
-
-
-# ------------------------------------------------------------------------------------ text
-
-
-class TextField:
-    """Grain map from a source record to its text ("" = the record is the text; "a/b" = nested)."""
-
-    def __init__(self, field: str):
-        self.field = field
-
-    def __call__(self, record) -> str:
-        for key in self.field.split("/") if self.field else ():
-            if not isinstance(record, dict) or key not in record:
-                have = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(
-                    f"data.text_field={self.field!r}: no {key!r} in a record (has {have})"
-                )
-            record = record[key]
-        return record.decode("utf-8") if isinstance(record, bytes) else str(record)
-
-
-class DocRange:
-    """Documents [start, stop) of a random-access source (carves held-out documents off)."""
-
-    def __init__(self, source, start: int, stop: int):
-        self.source, self.start, self.stop = source, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, index: int):
-        return self.source[self.start + index]
-
-    def __repr__(self) -> str:
-        return f"DocRange({self.source!r}, {self.start}, {self.stop})"
-
-
-def _heldout_cut(num_items: int, fraction: float, what: str) -> int:
-    """Index where the held-out tail starts: the last `fraction` of the items (at least one)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"data.heldout_fraction={fraction} must be in (0, 1)")
-    if num_items < 2:
-        raise ValueError(f"{what} has {num_items} items: too few to hold any out")
-    return num_items - max(1, round(fraction * num_items))
-
-
-def _open_tfds(data_cfg, split: str):
-    import tensorflow_datasets as tfds
-
-    try:
-        return tfds.data_source(
-            data_cfg.tfds_name, split=split, data_dir=data_cfg.data_dir or None, download=False
-        )
-    except Exception as e:  # tfds raises several unrelated types for "not there"
-        raise ValueError(
-            f"data.tfds_name={data_cfg.tfds_name!r} split {split!r} cannot be opened from data_dir "
-            f"{data_cfg.data_dir or '(tfds default)'!r}; it must be prepared beforehand with "
-            f"file_format=array_record or parquet (no download happens here). Cause: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
-
-
-def _text_docs(data_cfg, part: str):
-    """(documents, text extractor, cache description) of the train or held-out part."""
-    source = data_cfg.source
-    if source == "kjv":
-        split = "train" if part == TRAIN else "heldout"
-        return kjv.kjv_chapters(split), TextField(""), {"source": "kjv", "split": split}
-    if source == "tfds":
-        if not data_cfg.tfds_name:
-            raise ValueError("data.tfds_name must be set for data.source='tfds'")
-        description = {
-            "source": "tfds",
-            "name": data_cfg.tfds_name,
-            "data_dir": os.path.abspath(data_cfg.data_dir) if data_cfg.data_dir else "",
-            "text_field": data_cfg.text_field,
-        }
-        if data_cfg.eval_split:
-            split = data_cfg.train_split if part == TRAIN else data_cfg.eval_split
-            docs = _open_tfds(data_cfg, split)
-            return (
-                docs,
-                TextField(data_cfg.text_field),
-                {**description, "split": split, "num_docs": len(docs)},
-            )
-        docs = _open_tfds(data_cfg, data_cfg.train_split)
-        description["split"] = data_cfg.train_split
-    elif source == "files":
-        train_files = files_lib.expand_paths(data_cfg.paths, "data.paths")
-        eval_files = (
-            files_lib.expand_paths(data_cfg.eval_paths, "data.eval_paths")
-            if files_lib.as_path_list(data_cfg.eval_paths)
-            else []
-        )
-        from dlmjax.data import files_builder
-
-        builder = files_builder.prepare_local_files(
-            train_files, eval_files, data_cfg.text_field, data_cfg.data_dir
-        )
-        description = {"source": "files", "dataset": builder.builder_config.name}
-        if eval_files:
-            split = "train" if part == TRAIN else "eval"
-            return (
-                builder.as_data_source(split=split),
-                TextField("text"),
-                {**description, "split": split},
-            )
-        docs = builder.as_data_source(split="train")
-        description["split"] = "train"
-    else:
-        raise ValueError(f"data.source={source!r} is not a text source")
-    cut = _heldout_cut(len(docs), data_cfg.heldout_fraction, f"data source {description}")
-    start, stop = (0, cut) if part == TRAIN else (cut, len(docs))
-    text_field = data_cfg.text_field if source == "tfds" else "text"
-    return (
-        DocRange(docs, start, stop),
-        TextField(text_field),
-        {**description, "range": [start, stop]},
-    )
 
 
 def _require_parsed_flags(data_cfg) -> None:
@@ -196,7 +45,7 @@ def packed_rows(data_cfg, *, split: str, seq_len: int) -> packing.PackedRows:
     `rows.stream` is the packed token stream (documents joined by EOS); rows.start/stop delimit
     the part, so `rows.stop - rows.start` is the part's token count.
     """
-    source = _check_source(data_cfg)
+    source = check_source(data_cfg)
     if split not in (TRAIN, EVAL):
         raise ValueError(f"split={split!r} must be {TRAIN!r} or {EVAL!r}")
     if source in SYNTHETIC_SOURCES:
@@ -207,48 +56,26 @@ def packed_rows(data_cfg, *, split: str, seq_len: int) -> packing.PackedRows:
 
 def _token_rows(data_cfg, part: str, seq_len: int, vocab_size: int) -> packing.PackedRows:
     if data_cfg.source in TEXT_SOURCES:
-        docs, to_text, description = _text_docs(data_cfg, part)
+        docs, to_text, description = text_sources.text_docs(data_cfg, part)
         stream = packing.tokenize_to_stream(
             docs,
             to_text=to_text,
-            tokenizer_spec=data_cfg.tokenizer,
+            tokenizer_spec=resolve_tokenizer_spec(data_cfg),
             description=description,
             cache_dir=data_cfg.cache_dir,
             worker_count=data_cfg.worker_count,
+            special_tokens=data_cfg.get("special_tokens", ""),
         )
         return packing.PackedRows(stream, seq_len)
-    # Pre-tokenised shards.
+    # Pre-tokenised shards, read in place.
     eval_given = bool(files_lib.as_path_list(data_cfg.eval_paths))
     key = "data.eval_paths" if part == EVAL and eval_given else "data.paths"
-    stream = _tokenized_stream(
-        data_cfg,
-        data_cfg.eval_paths if key == "data.eval_paths" else data_cfg.paths,
-        key,
-        vocab_size,
-    )
+    paths = data_cfg.eval_paths if key == "data.eval_paths" else data_cfg.paths
+    stream = tokenized.open_token_stream(data_cfg, paths, key, vocab_size)
     if eval_given:
         return packing.PackedRows(stream, seq_len)
-    cut = _heldout_cut(len(stream), data_cfg.heldout_fraction, f"{key} token stream")
+    cut = heldout_cut(len(stream), data_cfg.heldout_fraction, f"{key} token stream")
     return packing.PackedRows(stream, seq_len, *((0, cut) if part == TRAIN else (cut, len(stream))))
-
-
-def _tokenized_stream(data_cfg, paths, key: str, vocab_size: int) -> packing.TokenStream:
-    shard_files = files_lib.expand_paths(paths, key)
-    parquet = [f.endswith(".parquet") for f in shard_files]
-    if any(parquet) and not all(parquet):
-        raise ValueError(f"{key}: mix of parquet and ArrayRecord shards; use one format")
-    if all(parquet):
-        tokens = tokenized.parquet_tokens(shard_files, data_cfg.token_field, data_cfg.append_eos)
-        packing.check_token_range(tokens, vocab_size, key)
-        return packing.MemoryTokens(tokens, f"parquet-{packing.cache_key(shard_files)}")
-    return tokenized.RecordTokens(
-        shard_files,
-        token_dtype=data_cfg.token_dtype,
-        append_eos=data_cfg.append_eos,
-        record_length=data_cfg.record_length,
-        vocab_size=vocab_size,
-        cache_dir=data_cfg.cache_dir,
-    )
 
 
 # ------------------------------------------------------------------------------- synthetic
@@ -354,7 +181,7 @@ def make_train_dataset(
     _check_shape_args(seq_len, batch_size, process_index, process_count)
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed={seed} must be in [0, 2**32)")
-    source = _check_source(data_cfg)
+    source = check_source(data_cfg)
     _require_parsed_flags(data_cfg)
     if source in SYNTHETIC_SOURCES:
         batches = SyntheticBatches(
@@ -412,7 +239,7 @@ def make_eval_batches(
     _check_shape_args(seq_len, batch_size, process_index, process_count)
     if num_batches < 1:
         raise ValueError(f"num_batches={num_batches} must be >= 1")
-    source = _check_source(data_cfg)
+    source = check_source(data_cfg)
     _require_parsed_flags(data_cfg)
     if source in SYNTHETIC_SOURCES:
         batches = SyntheticBatches(
