@@ -1,6 +1,8 @@
 """One place that validates an experiment config and derives everything computed from it.
 
 `derive(config)` is called once, before anything is compiled; every error names the config key.
+Scalar checks (types, finite floats, ranges, enums) live in dlmjax/validate.py; derive adds the
+structural ones that need the device count.
 """
 
 import dataclasses
@@ -8,8 +10,9 @@ import math
 
 from ml_collections import ConfigDict
 
-from dlmjax import optim, trackers
+from dlmjax import optim, trackers, validate
 from dlmjax.diffusion import NOISE_SHIFTS
+from dlmjax.errors import ConfigError  # public here too: raised by derive
 from dlmjax.model import ModelConfig
 from dlmjax.scaling import flops
 
@@ -18,8 +21,6 @@ AGGREGATIONS = ("sum", "mean")
 MASK_ID = 3  # special ids of every dlmjax tokenizer: BOS 0, EOS 1, PAD 2, MASK 3
 
 
-class ConfigError(ValueError):
-    """A bad config value; the message starts with the key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,7 @@ def _resolve_mesh(mesh_cfg, num_devices):
 
 def derive(config: ConfigDict, num_devices: int) -> Run:
     c = config
+    validate.check_values(c)
     _require(c.objective in OBJECTIVES, "objective", f"{c.objective!r} is not one of {OBJECTIVES}")
     _require(c.noise.type in NOISE_SHIFTS, "noise.type",
              f"unknown noise type {c.noise.type!r}; expected one of {sorted(NOISE_SHIFTS)}")

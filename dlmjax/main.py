@@ -1,5 +1,8 @@
 """Entry point: python -m dlmjax.main --config=experiments/X.py [--config.key=value ...].
 
+`cli(argv)` runs one command and returns its exit code (dlmjax/errors.py: 2 bad input, 1 machine
+failure, 3 lost process); every config value and flag is validated before jax starts.
+
 Modes: train (default; resumes from the workdir's latest checkpoint), eval (held-out ELBO and
 perplexity of the latest checkpoint), sample (texts from the latest checkpoint) and describe
 (sizes, FLOPs and the compiled train step's per-device memory, without allocating anything).
@@ -12,6 +15,9 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from dlmjax import errors, validate
+from dlmjax.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file (experiments/*.py).",
                                           lock_config=True)
@@ -26,11 +32,16 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for multi-process runs by hand.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout", 45, "Seconds to wait for every process to reach the coordinator.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 20, "Seconds of silence after which a process counts as lost (exit 3).")
+_DEBUG = flags.DEFINE_bool("debug", False, "Print the full traceback of an error.")
 _DESCRIBE_DEVICES = flags.DEFINE_integer(
     "describe_devices", 0, "describe: devices of the target mesh (0 = config mesh.num_devices).")
 
 
-def _fake_devices_for_describe(config):
+def _fake_devices_for_describe(config, argv):
     """On CPU, re-runs this command with as many fake host devices as the target mesh needs."""
     wanted = _DESCRIBE_DEVICES.value or config.mesh.num_devices
     flag = f"--xla_force_host_platform_device_count={wanted}"
@@ -41,24 +52,74 @@ def _fake_devices_for_describe(config):
     if jax.default_backend() != "cpu" or jax.device_count() == wanted:
         return
     env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip())
-    os.execve(sys.executable, [sys.executable, "-m", "dlmjax.main", *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, "-m", "dlmjax.main", *argv[1:]], env)
+
+
+def _distributed_flags():
+    from dlmjax import distributed
+
+    return distributed.check_flags(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                   _DISTRIBUTED.value, _INIT_TIMEOUT.value,
+                                   _HEARTBEAT_TIMEOUT.value)
 
 
 def _initialize_distributed():
-    import jax
+    from dlmjax import distributed
 
-    if _COORDINATOR.value:
-        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                   num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
-    elif _DISTRIBUTED.value:
-        jax.distributed.initialize()
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           init_timeout=_INIT_TIMEOUT.value,
+                           heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
+
+
+def _load_config(argv):
+    """The experiment config; InputError naming --config when its file cannot be loaded."""
+    path = _config_path(argv)
+    if path is not None and not os.path.isfile(path):
+        raise InputError(f"--config: {path}: no such file")
+    try:
+        config = _CONFIG.value
+    except Exception as e:  # noqa: BLE001 - whatever the experiment file raised
+        raise _config_load_error(argv, e) from e
+    if config is None:
+        raise InputError("--config: required (--config=experiments/<name>.py)")
+    return config
 
 
 def _require_workdir():
     if not _WORKDIR.value:
-        raise app.UsageError(f"--workdir is required for --mode={_MODE.value}")
+        raise InputError(f"--workdir: required for --mode={_MODE.value}")
     return _WORKDIR.value
+
+
+def _read_prompts():
+    from dlmjax import fs
+
+    prompts = list(_PROMPTS.value)
+    path = _PROMPT_FILE.value
+    if path:
+        if not fs.isfile(path):
+            raise InputError(f"--prompt_file: {path} does not exist")
+        with errors.reading(path):
+            prompts += [line for line in fs.read_text(path).splitlines() if line.strip()]
+    return prompts
+
+
+def _check_sample_inputs(config, workdir, prompts):
+    """The tokenizer and prompts of --mode=sample, before any checkpoint is restored."""
+    from dlmjax import data, fs
+
+    if _NUM_SAMPLES.value < 1:
+        raise InputError(f"--num_samples: must be >= 1, got {_NUM_SAMPLES.value}")
+    where = fs.join(workdir, "tokenizer.json")
+    with errors.reading(where if fs.isfile(where) else str(config.data.tokenizer or "kjv")):
+        tokenizer = data.run_tokenizer(workdir, config.data)
+    validate.check_tokenizer_vocab(tokenizer, config, where)
+    if prompts:
+        if tokenizer is None:
+            raise InputError("--prompt: prompts need a tokenizer: set data.tokenizer (the run "
+                             "recorded none)")
+        validate.check_prompts([tokenizer.encode(p, add_special_tokens=False).ids
+                                for p in prompts], config)
 
 
 def _quiet_library_logs():
@@ -70,24 +131,30 @@ def _quiet_library_logs():
             return record.levelno >= py_logging.WARNING or not any(
                 name in record.pathname for name in ("orbax", "fsspec", "gcsfs"))
 
-    logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+    handler = logging.get_absl_handler()
+    if not any(type(f).__name__ == "_DropOrbaxInfo" for f in handler.filters):
+        handler.addFilter(_DropOrbaxInfo())
 
 
-def main(argv):
+def main(argv, full_argv=None):
     _quiet_library_logs()
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config=experiments/<name>.py is required")
-    if _MODE.value in ("train", "eval"):  # first, before jax starts: exits 2 on bad data
-        from dlmjax import data
-
-        data.validate_data_config(config.data, model_vocab_size=config.model.vocab_size,
-                                  mode=_MODE.value)
+        raise InputError(f"{argv[1]}: unexpected argument")
+    config = _load_config(full_argv or sys.argv)
+    multi_process = _distributed_flags()
+    prompts = []
+    if _MODE.value != "describe":
+        workdir = _require_workdir()
+    if _MODE.value == "sample":
+        prompts = _read_prompts()
+    # First, before jax starts: every value, and the data (train, eval) or tokenizer (sample).
+    validate.check_for_mode(config, _MODE.value)
+    if _MODE.value == "sample":
+        _check_sample_inputs(config, workdir, prompts)
     if _MODE.value == "describe":
-        _fake_devices_for_describe(config)
-    _initialize_distributed()
+        _fake_devices_for_describe(config, full_argv or sys.argv)
+    if multi_process:
+        _initialize_distributed()
 
     import jax
 
@@ -98,7 +165,6 @@ def main(argv):
     if _MODE.value == "describe":
         print(json.dumps(describe.describe(run), indent=2))
         return
-    workdir = _require_workdir()
     if _MODE.value == "train":
         _train(run, config, workdir)
     elif _MODE.value == "eval":
@@ -106,7 +172,7 @@ def main(argv):
 
         print(json.dumps(evaluation.evaluate_checkpoint(run, workdir), indent=2))
     elif _MODE.value == "sample":
-        _sample(run, workdir)
+        _sample(run, workdir, prompts)
 
 
 def _train(run, config, workdir):
@@ -131,14 +197,9 @@ def _train(run, config, workdir):
         _print_samples(texts, evaluation.write_samples(workdir, texts, step))
 
 
-def _sample(run, workdir):
-    from dlmjax import evaluation, fs
+def _sample(run, workdir, prompts):
+    from dlmjax import evaluation
 
-    prompts = list(_PROMPTS.value)
-    if _PROMPT_FILE.value:
-        if not fs.isfile(_PROMPT_FILE.value):
-            raise app.UsageError(f"--prompt_file {_PROMPT_FILE.value} does not exist")
-        prompts += [line for line in fs.read_text(_PROMPT_FILE.value).splitlines() if line.strip()]
     params, step = evaluation.restore_params(run, workdir)
     texts = evaluation.sample_texts(params, run, num_samples=_NUM_SAMPLES.value,
                                     prompts=prompts, workdir=workdir)
@@ -151,39 +212,75 @@ def _print_samples(texts, path):
     print(f"(written to {path})")
 
 
-def _unknown_override(error):
+def _unknown_override(error, argv):
     """The --config.* argument behind ml_collections' raw "Did you mean" error, if any."""
     match = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', str(error))
     words = match.groups()[::-1] if match else re.findall(r"\w+", str(error))[:1]
     if not words:
         return None
-    for arg in sys.argv[1:]:
+    for arg in argv[1:]:
         path = arg.split("=", 1)[0]
         if path.startswith("--config.") and words[0] in path.split(".")[1:]:
-            hint = f' Did you mean "{words[1]}"?' if match else ""
-            return f"unknown config key in {path}.{hint}"
+            hint = f'; did you mean "{words[1]}"?' if match else ""
+            return f"{path}: unknown config key{hint}"
     return None
 
 
-def run_main():
-    from dlmjax.config import ConfigError
-
+def _parse(argv):
+    """The arguments absl leaves over; InputError for a bad flag or config override."""
+    flags.FLAGS.unparse_flags()  # cli() may run several times in one process (tests)
     try:
-        app.run(main)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (FileNotFoundError, ValueError) as e:
-        # Bad input (missing files, corpus too small, ...): the message names it.
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(2)
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        raise InputError(str(e).replace("\n", " ")) from None
     except (AttributeError, KeyError) as e:
         # A typo in an override key surfaces from ml_collections as a raw lookup error.
-        message = _unknown_override(e)
+        message = _unknown_override(e, argv)
         if message is None:
+            raise _config_load_error(argv, e) from e
+        raise InputError(message) from None
+    except Exception as e:  # noqa: BLE001 - the experiment file raised while loading
+        raise _config_load_error(argv, e) from e
+
+
+def _config_path(argv):
+    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    return given[-1].split(":", 1)[0] if given else None
+
+
+def _config_load_error(argv, error):
+    root = error
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    return InputError(f"--config: {_config_path(argv)}: cannot load: {errors.describe(root)[0]}")
+
+
+def cli(argv) -> int:
+    """Runs one command (argv[0] is the program name) and returns its exit code; errors are one
+    line `error: <path or key>: <reason>` on stderr, with the traceback under --debug."""
+    debug = "--debug" in argv
+    try:
+        rest = _parse(list(argv))
+    except Exception as e:  # noqa: BLE001 - the boundary
+        return errors.report(e, debug=debug)
+    debug = _DEBUG.value
+
+    def run():
+        try:
+            main(rest, full_argv=list(argv))
+        except Exception as e:
+            from dlmjax import distributed
+
+            distributed.explain(e)  # a lost peer: exits 3 naming it, or raises PeerLostError
             raise
-        print(f"config error: {message}", file=sys.stderr)
-        sys.exit(2)
+
+    return errors.guarded(run, debug=debug, where=_WORKDIR.value)
+
+
+def run_main():
+    app.define_help_flags()
+    logging.use_absl_handler()
+    sys.exit(cli(sys.argv))
 
 
 if __name__ == "__main__":

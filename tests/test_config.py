@@ -26,13 +26,13 @@ BAD = [
     ({"mesh.data": 3}, "mesh"),
     ({"mesh.tensor": 2, "mesh.data": 4}, "mesh.tensor: tensor=2 needs mesh.strategy='fsdp_tp'"),
     ({"train.steps": 0, "train.tokens": 0}, "train.steps: no steps to run"),
-    ({"optim.lr": -0.1}, "optim: optimizer lr must be positive"),
+    ({"optim.lr": -0.1}, "optim.lr: must be > 0, got -0.1"),
     ({"noise.per_token_fraction": 1.5}, "noise.per_token_fraction: must be in [0, 1]"),
     ({"noise.loss_aggregation": "avg"}, "noise.loss_aggregation: 'avg' is not one of"),
     ({"model.dtype": "float16"}, "model.dtype='float16'"),
     ({"model.remat": "some"}, "model.remat='some'"),
     ({"train.checkpoint_every": 0}, "train.checkpoint_every: must be >= 1"),
-    ({"optim.b1": 1.0}, "optim: optimizer b1 must be in [0, 1)"),
+    ({"optim.b1": 1.0}, "optim.b1: must be in [0, 1), got 1.0"),
     ({"mesh.strategy": "zero3"}, "mesh.strategy: 'zero3' is not one of"),
     ({"model.vocab_size": 3}, "model.vocab_size: must exceed the mask id 3"),
     ({"optim.cooldown_fraction": 1.5}, "optim.cooldown_fraction: must be in [0, 1]"),
@@ -96,7 +96,7 @@ def test_cli_errors_name_the_key_or_file(tmp_path):
     micro = os.path.join(ROOT, "tests", "micro_config.py")
     result = _cli(f"--config={micro}", f"--workdir={tmp_path}", "--config.train.stesp=5")
     assert result.returncode == 2
-    assert 'unknown config key in --config.train.stesp. Did you mean "steps"?' in result.stderr
+    assert '--config.train.stesp: unknown config key; did you mean "steps"?' in result.stderr
     result = _cli(f"--config={micro}", f"--workdir={tmp_path}", "--config.train.steps=abc")
     assert result.returncode != 0 and "--config.train.steps=abc" in result.stderr
     result = _cli(f"--config={micro}", f"--workdir={tmp_path}", "--mode=eval")

@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 
-from dlmjax import fs
+from dlmjax import errors, fs
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
@@ -96,6 +96,7 @@ def _open_text(raw: CountingReader, path: str):
     return io.TextIOWrapper(binary, encoding="utf-8")
 
 
+@errors.reads_file
 def read_documents(
     path: str, text_field: str, progress: Callable[[int], None] | None = None
 ) -> Iterator[str]:

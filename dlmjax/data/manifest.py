@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-from dlmjax import fs
+from dlmjax import errors, fs
 
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -36,7 +36,9 @@ def read_manifest(directory: str) -> dict | None:
     if not fs.isfile(path):
         return None
     try:
-        manifest = json.loads(fs.read_text(path))
+        with errors.reading(path):
+            text = fs.read_text(path)
+        manifest = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

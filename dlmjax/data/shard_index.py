@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from dlmjax import fs
+from dlmjax import errors, fs
 from dlmjax.data import files as files_lib
 
 
@@ -87,6 +87,7 @@ def _token_leaf(metadata, token_field: str) -> int | None:
     return None
 
 
+@errors.reads_file
 def parquet_layout(path, *, token_field, append_eos, record_length, cache_dir) -> ShardLayout:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -122,6 +123,7 @@ def parquet_layout(path, *, token_field, append_eos, record_length, cache_dir) -
     return ShardLayout(path, int(starts[-1]), len(rows), unit_starts=starts, max_id=max_id)
 
 
+@errors.reads_file
 def record_layout(path, *, dtype, append_eos, record_length, cache_dir) -> ShardLayout:
     from array_record.python.array_record_module import ArrayRecordReader
 

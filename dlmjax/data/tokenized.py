@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dlmjax import fs
+from dlmjax import errors, fs
 from dlmjax.data import files as files_lib
 from dlmjax.data import manifest as manifest_lib
 from dlmjax.data import packing
@@ -103,10 +103,11 @@ class ShardTokens:
             if key in self._units:
                 self._units.move_to_end(key)
                 return self._units[key]
-        reader, lock = self._handle(shard)
-        with lock:
-            ids = self._load(reader, shard, unit)
         layout = self.layouts[shard]
+        with errors.reading(layout.path):
+            reader, lock = self._handle(shard)
+            with lock:
+                ids = self._load(reader, shard, unit)
         where = f"{layout.path} ({self.unit_name} {unit})"
         if len(ids) != layout.unit_length(unit):
             raise ValueError(

@@ -16,7 +16,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from dlmjax import fs
+from dlmjax import errors, fs
 
 BOS_ID, EOS_ID, PAD_ID, MASK_ID = 0, 1, 2, 3
 # Bracketed so that ordinary text practically never contains them: the tokenizer would otherwise
@@ -100,7 +100,8 @@ def tokenizer_bytes(spec: str) -> bytes:
         raise ValueError(
             f"data.tokenizer: file {spec!r} does not exist (use 'kjv' or a tokenizer.json)"
         )
-    return fs.read_bytes(spec)
+    with errors.reading(spec):
+        return fs.read_bytes(spec)
 
 
 def sha256_hex(blob: bytes) -> str:
