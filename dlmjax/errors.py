@@ -62,8 +62,7 @@ def reading(path: str, what: str = "read"):
         raise
     except FileNotFoundError as e:
         raise InputError(f"{path}: no such file") from e
-    except (OSError, ValueError, UnicodeError, EOFError, KeyError, TypeError, IndexError,
-            RuntimeError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 - parsers raise anything (zlib.error, ArrowInvalid...)
         if isinstance(e, ConfigError) or (isinstance(e, ValueError) and str(path) in str(e)):
             raise
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:

@@ -228,7 +228,11 @@ def _unknown_override(error, argv):
 
 def _parse(argv):
     """The arguments absl leaves over; InputError for a bad flag or config override."""
-    flags.FLAGS.unparse_flags()  # cli() may run several times in one process (tests)
+    # cli() may run several times in one process (tests): forget the last run's overrides.
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+    saved, sys.argv = sys.argv, argv  # ml_collections reads the overrides from sys.argv
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -241,6 +245,8 @@ def _parse(argv):
         raise InputError(message) from None
     except Exception as e:  # noqa: BLE001 - the experiment file raised while loading
         raise _config_load_error(argv, e) from e
+    finally:
+        sys.argv = saved
 
 
 def _config_path(argv):
