@@ -54,7 +54,8 @@ def check_flags(coordinator, num_processes, process_id, distributed, init_timeou
 
 
 def _die(reason: str) -> None:
-    os.write(2, f"error: process {_STATE.get('process_id', '?')}: {reason}\n".encode())
+    # On a line of its own: a progress bar may have left the cursor mid-line.
+    os.write(2, f"\nerror: process {_STATE.get('process_id', '?')}: {reason}\n".encode())
     os._exit(EXIT_PEER_LOST)
 
 
@@ -80,7 +81,7 @@ def _reachable() -> bool:
 
 
 def _on_abort(signum):
-    _die(_verdict())
+    _die(_STATE["starting"] if "starting" in _STATE else _verdict())
 
 
 def _install_abort_handler() -> None:
@@ -127,14 +128,18 @@ def initialize(coordinator, num_processes, process_id, *, init_timeout, heartbea
     if coordinator:
         kwargs.update(coordinator_address=coordinator, num_processes=num_processes,
                       process_id=process_id, coordinator_bind_address=coordinator)
+    # jax aborts the process when the coordinator cannot be reached: that becomes this line.
+    where = coordinator or "the auto-detected coordinator"
+    _STATE.update(process_id=process_id if process_id is not None else "?",
+                  starting=f"cannot start with the coordinator at {where} within "
+                           f"--init_timeout={init_timeout} s")
+    _install_abort_handler()
     try:
         jax.distributed.initialize(**kwargs)
     except Exception as e:  # noqa: BLE001 - jax raises several types for the same failure
-        where = coordinator or "the auto-detected coordinator"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PeerLostError(f"process {process_id if process_id is not None else '?'}: cannot "
-                            f"start with the coordinator at {where} within --init_timeout="
-                            f"{init_timeout} s: {first}") from e
+        raise PeerLostError(f"process {_STATE['process_id']}: {_STATE.pop('starting')}: "
+                            f"{first}") from e
     from jax._src import distributed as jax_distributed
 
     client = jax_distributed.global_state.client
@@ -143,12 +148,12 @@ def initialize(coordinator, num_processes, process_id, *, init_timeout, heartbea
                   coordinator=coordinator or jax_distributed.global_state.coordinator_address,
                   heartbeat_timeout=heartbeat_timeout, coordinator_ok=now,
                   last_seen={peer: now for peer in range(jax.process_count())})
-    _install_abort_handler()
+    del _STATE["starting"]
     threading.Thread(target=_watch, args=(client,), daemon=True, name="dlmjax-watchdog").start()
 
 
 def active() -> bool:
-    return bool(_STATE)
+    return "last_seen" in _STATE
 
 
 _PEER_FAILURE = re.compile(r"Gloo|closed by peer|Connection reset|UNAVAILABLE|DEADLINE_EXCEEDED|"

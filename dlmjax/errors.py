@@ -133,7 +133,8 @@ def describe(exc: BaseException, *, where: str | None = None) -> tuple[str, int]
         return str(exc), EXIT_PEER_LOST
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", 130
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+    if isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError,
+                        NotADirectoryError)):
         name = exc.filename or ""
         reason = exc.strerror or str(exc)
         return (f"{name}: {reason}" if name else str(exc)), EXIT_BAD_INPUT
@@ -144,6 +145,8 @@ def describe(exc: BaseException, *, where: str | None = None) -> tuple[str, int]
         return f"{name}{exc.strerror or _reason(exc)}", EXIT_FAILURE
     if isinstance(exc, KeyError):
         return f"{exc.args[0] if exc.args else '?'}: missing key (KeyError)", EXIT_FAILURE
+    if type(exc).__name__ == "UsageError":  # absl's, for a wrong command line
+        return str(exc), EXIT_BAD_INPUT
     if isinstance(exc, ValueError):  # ConfigError, InputError and the data checks' messages
         return " ".join(str(exc).split("\n")[0:1]) or _reason(exc), EXIT_BAD_INPUT
     return _reason(exc), EXIT_FAILURE
@@ -177,3 +180,20 @@ def guarded(fn, *args, debug: bool | None = None, where: str | None = None, **kw
     except BaseException as e:  # noqa: BLE001 - this is the boundary: everything is reported
         return report(e, debug=debug, where=where)
     return result if isinstance(result, int) else 0
+
+
+def run_absl(main) -> None:
+    """`absl.app.run(main)` for tools/*.py, behind the same boundary: a bad flag or input exits 2
+    with one line, other failures 1; --debug shows the traceback."""
+    from absl import app, flags, logging
+
+    if "debug" not in flags.FLAGS:
+        flags.DEFINE_bool("debug", False, "Print the full traceback of an error.")
+    app.define_help_flags()
+    try:
+        argv = flags.FLAGS(sys.argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    logging.use_absl_handler()
+    sys.exit(guarded(main, argv, debug=flags.FLAGS.debug))

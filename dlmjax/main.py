@@ -33,7 +33,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _INIT_TIMEOUT = flags.DEFINE_integer(
-    "init_timeout", 45, "Seconds to wait for every process to reach the coordinator.")
+    "init_timeout", 30, "Seconds to wait for every process to reach the coordinator.")
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout", 20, "Seconds of silence after which a process counts as lost (exit 3).")
 _DEBUG = flags.DEFINE_bool("debug", False, "Print the full traceback of an error.")

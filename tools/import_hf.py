@@ -44,14 +44,9 @@ def main(argv):
 
 
 def run():
-    from dlmjax.config import ConfigError
-    from dlmjax.hf import FormatError
+    from dlmjax import errors
 
-    try:
-        app.run(main)
-    except (ConfigError, FormatError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(2)
+    errors.run_absl(main)  # bad input (ConfigError, FormatError, a file): one line, exit 2
 
 
 if __name__ == "__main__":

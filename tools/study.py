@@ -159,4 +159,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dlmjax import errors
+
+    sys.exit(errors.guarded(main))

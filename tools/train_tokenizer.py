@@ -55,4 +55,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from dlmjax import errors
+
+    errors.run_absl(main)
