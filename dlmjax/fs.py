@@ -13,12 +13,15 @@ locally, and logs that grow (metrics.jsonl) are rewritten whole rather than appe
 
 from __future__ import annotations
 
+import errno
 import glob as glob_lib
 import os
 import re
 import tempfile
 
 from etils import epath
+
+from dlmjax import errors
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _WILDCARD = re.compile(r"[*?\[]")
@@ -98,9 +101,11 @@ def write_bytes_atomic(p: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # "no space left writing <p>"
+            raise errors.NoSpaceError(p) from e
         raise
 
 

@@ -216,3 +216,48 @@ def test_real_command_line(args, fragment, tmp_path):
     assert result.returncode == 2
     _assert_one_error_line(result.stderr, fragment)
     assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+def test_machine_failures_are_one_line_too(tmp_path, capsys):
+    """Disk full, other OSErrors, KeyError and RuntimeError: one line, exit 1, at the same
+    boundary (errors.guarded, which main.cli and the tools use)."""
+    from dlmjax import errors
+
+    def fill_the_disk():  # /dev/full fails every write with ENOSPC, as a full disk does
+        with errors.writing(str(tmp_path / "metrics.jsonl")), open("/dev/full", "wb") as f:
+            f.write(b"x" * 65536)
+            f.flush()
+
+    def orbax_style():  # libraries re-raise ENOSPC under their own types, keeping the text
+        try:
+            with open("/dev/full", "wb") as f:
+                f.write(b"x" * 65536)
+                f.flush()
+        except OSError as e:
+            raise RuntimeError(f"Error writing to file: {e}") from e
+
+    def missing_key():
+        return {"train": {}}["train"]["steps"]
+
+    def read_a_directory():
+        with open(tmp_path, "rb"):
+            pass
+
+    def runtime():
+        raise RuntimeError("XLA ran out of something\nwith details on a second line")
+
+    cases = [
+        (fill_the_disk, {}, f"error: no space left writing {tmp_path}/metrics.jsonl", 1),
+        (orbax_style, {"where": str(tmp_path)}, f"error: no space left writing {tmp_path}", 1),
+        (missing_key, {}, "error: steps: missing key (KeyError)", 1),
+        (read_a_directory, {}, f"error: {tmp_path}: Is a directory", 2),
+        (runtime, {}, "error: XLA ran out of something (RuntimeError)", 1),
+    ]
+    for fn, kwargs, line, code in cases:
+        assert errors.guarded(fn, debug=False, **kwargs) == code
+        stderr = capsys.readouterr().err
+        assert stderr.splitlines()[0].startswith(line), stderr
+        assert len(stderr.splitlines()) == 1 and "Traceback" not in stderr
+        print(stderr.strip())
+    assert errors.guarded(runtime, debug=True) == 1
+    assert "Traceback" in capsys.readouterr().err
