@@ -15,6 +15,7 @@ import contextlib
 import errno
 import functools
 import inspect
+import re
 import sys
 import traceback
 
@@ -108,6 +109,17 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+def _written_path(text: str) -> str | None:
+    """The file tensorstore names in 'Failed writing: "<path>"', cut to the checkpoint step
+    directory when it lies inside orbax's temporary one."""
+    match = re.search(r'Failed writing: "([^"]+)"', text)
+    if not match:
+        return None
+    path = match.group(1)
+    tmp = re.match(r"(.*?)\.orbax-checkpoint-tmp", path)
+    return tmp.group(1) if tmp else path
+
+
 def _no_space(exc: BaseException, where: str | None):
     """The disk-full line, when a full disk is behind `exc` (orbax and tensorstore re-raise it as
     other types, so the text is checked too)."""
@@ -117,7 +129,7 @@ def _no_space(exc: BaseException, where: str | None):
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return f"no space left writing {e.filename or where or 'the run directory'}"
         if "No space left on device" in str(e):
-            return f"no space left writing {where or 'the run directory'}"
+            return f"no space left writing {_written_path(str(e)) or where or 'the run directory'}"
     return None
 
 

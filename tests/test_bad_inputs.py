@@ -246,7 +246,14 @@ def test_machine_failures_are_one_line_too(tmp_path, capsys):
     def runtime():
         raise RuntimeError("XLA ran out of something\nwith details on a second line")
 
+    def tensorstore_style():  # what a full disk during an orbax save raises (verified)
+        raise ValueError(f'RESOURCE_EXHAUSTED: Error writing "step/0" in OCDBT database: Failed '
+                         f'writing: "{tmp_path}/checkpoints/10.orbax-checkpoint-tmp/state/d/26d": '
+                         "Failed to write 6348 bytes to file 18: No space left on device "
+                         "[os_error_code='28']")
+
     cases = [
+        (tensorstore_style, {}, f"error: no space left writing {tmp_path}/checkpoints/10", 1),
         (fill_the_disk, {}, f"error: no space left writing {tmp_path}/metrics.jsonl", 1),
         (orbax_style, {"where": str(tmp_path)}, f"error: no space left writing {tmp_path}", 1),
         (missing_key, {}, "error: steps: missing key (KeyError)", 1),

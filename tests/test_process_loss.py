@@ -19,6 +19,19 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _listeners(port):
+    """Local addresses (hex, as the kernel writes them) listening on `port`, IPv4 and IPv6."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, hex_port = local.rsplit(":", 1)
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.append(address)
+    return found
+
+
 @pytest.mark.parametrize("victim", [1, 0])
 def test_survivor_names_the_lost_process(victim, tmp_path):
     port = _free_port()
@@ -38,6 +51,8 @@ def test_survivor_names_the_lost_process(victim, tmp_path):
             assert all(p.poll() is None for p in processes), "a process ended before training"
             assert time.time() < deadline, "no training step after 300 s"
             time.sleep(0.2)
+        # The coordinator listens on 127.0.0.1 only, not on every interface (jax's default).
+        assert _listeners(port) == ["0100007F"], _listeners(port)
         processes[victim].kill()
         killed_at = time.time()
         _, stderr = survivor.communicate(timeout=120)
