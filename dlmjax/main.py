@@ -110,8 +110,9 @@ def _check_sample_inputs(config, workdir, prompts):
 
     if _NUM_SAMPLES.value < 1:
         raise InputError(f"--num_samples: must be >= 1, got {_NUM_SAMPLES.value}")
-    where = fs.join(workdir, "tokenizer.json")
-    with errors.reading(where if fs.isfile(where) else str(config.data.tokenizer or "kjv")):
+    recorded = fs.join(workdir, "tokenizer.json")
+    where = recorded if fs.isfile(recorded) else f"data.tokenizer={config.data.tokenizer or 'kjv'}"
+    with errors.reading(where):
         tokenizer = data.run_tokenizer(workdir, config.data)
     validate.check_tokenizer_vocab(tokenizer, config, where)
     if prompts:

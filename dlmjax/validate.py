@@ -194,7 +194,7 @@ def check_tokenizer_vocab(tokenizer, config, where: str) -> None:
     size = tokenizer.get_vocab_size()
     if size > config.model.vocab_size:
         raise ConfigError(f"model.vocab_size: {config.model.vocab_size} is smaller than the "
-                          f"{size} ids of the tokenizer {where}")
+                          f"{size} ids of the tokenizer ({where})")
 
 
 def check_prompts(encoded, config) -> None:
