@@ -367,7 +367,7 @@ def test_invalid_config_fails_after_one_attempt_with_its_message(study_b):
     assert rc == 1, output[-3000:]  # not every run is done
     bad = study_b["status"][B_BAD_KEY]
     assert bad["state"] == "failed" and bad["attempts"] == 1
-    assert "config error: optim.warmup_steps: must be >= 0, got -1" in bad["error"]
+    assert "error: optim.warmup_steps: must be >= 0, got -1" in bad["error"]
     assert len(attempts.process_records(study_b["root"], bad["name"])) == 1
 
 
