@@ -59,11 +59,11 @@ def _train(workdir, steps, objective):
 
 
 def _load(workdir, steps, objective):
+    import jax
+
     from dlmjax import config as config_lib
     from dlmjax import evaluation
     from experiments import tiny_cpu
-
-    import jax
 
     config = tiny_cpu.get_config()
     config.train.steps = steps
