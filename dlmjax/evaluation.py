@@ -56,7 +56,7 @@ def sample_tokens(params, run: Run, key, num_samples, prompt_BxP=None, prompt_le
     logits_fn = jax.tree_util.Partial(functools.partial(_model_logits, cfg=run.model), params)
     # With a prompt, its keys/values are computed once and reused by every step (exact).
     prefix_cache = None
-    if prompt_BxP is not None or s.block_size:
+    if prompt_BxP is not None:
         prefix_cache = sampling.model_prefix_cache(params, run.model)[1]
     method_options = {k: s[k] for k in ("confidence_threshold", "entropy_bound",
                                         "remask_schedule", "remask_eta") if k in s}
