@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FAKE_DEVICES := XLA_FLAGS=--xla_force_host_platform_device_count=8
 WORKDIR ?= runs/tiny_cpu
 
-.PHONY: install test train bench lint scaling-demo
+.PHONY: install test train bench lint scaling-demo bench-samplers
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ lint: install
 
 scaling-demo: install
 	$(PY) tools/scaling_demo.py --out=runs/scaling_demo
+
+# Samplers on a quality-versus-speed frontier (trains tiny_cpu and its AR judge if needed).
+bench-samplers: install
+	$(PY) tools/bench_samplers.py --out=runs/bench_samplers

@@ -54,12 +54,19 @@ def sample_tokens(params, run: Run, key, num_samples, prompt_BxP=None, prompt_le
             key, params, run.model, num_samples, length, s.temperature)
     # Partial keeps params a jit argument of the sampler instead of a baked-in constant.
     logits_fn = jax.tree_util.Partial(functools.partial(_model_logits, cfg=run.model), params)
+    # With a prompt, its keys/values are computed once and reused by every step (exact).
+    prefix_cache = None
+    if prompt_BxP is not None:
+        prefix_cache = sampling.model_prefix_cache(params, run.model)[1]
+    method_options = {k: s[k] for k in ("confidence_threshold", "entropy_bound",
+                                        "remask_schedule", "remask_eta") if k in s}
     return sampling.sample(
         key, logits_fn, num_samples, length, vocab_size=run.model.vocab_size, mask_id=MASK_ID,
         shift=run.shift, num_steps=s.steps, method=s.method, schedule=s.schedule,
         prompt_BxL=prompt_BxP, prompt_len_B=prompt_len_B, scale=run.config.noise.scale,
         temperature=s.temperature, top_p=None if s.top_p >= 1.0 else s.top_p,
-        float64=s.float64, block_size=s.block_size or None, logits_fn_accepts_mask=True)
+        float64=s.float64, block_size=s.block_size or None, logits_fn_accepts_mask=True,
+        prefix_cache=prefix_cache, **method_options)
 
 
 def sample_texts(params, run: Run, *, num_samples, prompts=(), seed=0, workdir=None):

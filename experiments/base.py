@@ -72,7 +72,9 @@ def get_config():
 
     c.sample = ConfigDict()
     c.sample.num_samples = 4  # texts printed and saved at the end of training (and --mode=sample)
-    c.sample.method = "ancestral"  # "ancestral" (exact posterior) or "adaptive" (confidence)
+    # "ancestral" (exact posterior), "adaptive" (confidence), "threshold" (confident positions in
+    # parallel), "entropy_bound" (low-entropy positions in parallel), "remask" (ReMDM)
+    c.sample.method = "ancestral"
     c.sample.steps = 256  # denoising steps (per block when block_size is set)
     c.sample.schedule = "cosine"  # λ schedule: "cosine" or "linear"
     c.sample.temperature = 1.0  # on x̂; 0 = greedy (adaptive)
@@ -80,6 +82,10 @@ def get_config():
     c.sample.float64 = True  # float64 categorical draws (float32 ones bias the samples)
     c.sample.length = 0  # tokens per sample; 0 = model.seq_len
     c.sample.block_size = 0  # semi-autoregressive blocks; 0 = the whole sample at once
+    c.sample.confidence_threshold = 0.9  # threshold: commit positions with x̂ at least this
+    c.sample.entropy_bound = 1.0  # entropy_bound: nats of summed entropy committed per step
+    c.sample.remask_schedule = "cap"  # remask: σ schedule "cap", "rescale" or "loop"
+    c.sample.remask_eta = 0.02  # remask: η of the σ schedule
 
     c.eval = ConfigDict()
     c.eval.grid_points = 32  # λ grid (linear in α) of the deterministic held-out ELBO

@@ -45,11 +45,12 @@ def rms_norm(x, gain, axes=-1, eps=NORM_EPS):
     return x * jax.lax.rsqrt(mean_sq + eps) * (1.0 + gain.astype(jnp.float32))
 
 
-def rotary(x_BxLxHxK, theta):
-    """RoPE on the two halves of each head (float32)."""
+def rotary(x_BxLxHxK, theta, offset=0):
+    """RoPE on the two halves of each head (float32); positions start at `offset`."""
     seq_len, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[-1]
     inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-    angle_LxK2 = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    positions_L = jnp.arange(offset, offset + seq_len, dtype=jnp.float32)
+    angle_LxK2 = positions_L[:, None] * inv_freq[None, :]
     cos, sin = jnp.cos(angle_LxK2)[:, None, :], jnp.sin(angle_LxK2)[:, None, :]
     x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -70,9 +71,10 @@ def _scaled(y, scale):
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    position_offset: int = 0  # > 0 when the keys of a cached clean prefix come first
 
     @nn.compact
-    def __call__(self, x_BxLxD, mask):
+    def __call__(self, x_BxLxD, mask, prefix_kv=None):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         D, H, K = cfg.d_model, cfg.heads, cfg.head_dim
@@ -94,9 +96,15 @@ class Attention(nn.Module):
             k_gain = _param(self, "k_norm", zeros, (H, K), head_axes, cfg)
             q_BxLxHxK = rms_norm(q_BxLxHxK, q_gain, (-2, -1), cfg.norm_eps)
             k_BxLxHxK = rms_norm(k_BxLxHxK, k_gain, (-2, -1), cfg.norm_eps)
-        q_BxLxHxK = (rotary(q_BxLxHxK, cfg.rope_theta) * K**-0.5).astype(dtype)
-        k_BxLxHxK = rotary(k_BxLxHxK, cfg.rope_theta).astype(dtype)
+        offset = self.position_offset
+        q_BxLxHxK = (rotary(q_BxLxHxK, cfg.rope_theta, offset) * K**-0.5).astype(dtype)
+        k_BxLxHxK = rotary(k_BxLxHxK, cfg.rope_theta, offset).astype(dtype)
         v_BxLxHxK = project("v_kernel")
+        # Keys/values for a clean-prefix cache; free unless "cache" is mutable.
+        self.sow("cache", "kv", (k_BxLxHxK, v_BxLxHxK))
+        if prefix_kv is not None:  # keys S = prefix + own; attend() handles S != L
+            k_BxLxHxK = jnp.concatenate([prefix_kv[0].astype(dtype), k_BxLxHxK], axis=1)
+            v_BxLxHxK = jnp.concatenate([prefix_kv[1].astype(dtype), v_BxLxHxK], axis=1)
         sink_k_HxK = sink_v_HxK = None
         if cfg.attention_sink:
             sink_k_HxK = _param(self, "sink_key", zeros, (H, K), head_axes, cfg).astype(dtype)
@@ -142,16 +150,17 @@ class Block(nn.Module):
     """h ← h + (4/L)·Attn(norm(h)); h ← h + (4/L)·MLP(norm(h)). A scan body: (carry, _)."""
 
     cfg: ModelConfig
+    position_offset: int = 0
 
     @nn.compact
-    def __call__(self, h_BxLxD, mask):
+    def __call__(self, h_BxLxD, mask, prefix_kv=None):
         cfg = self.cfg
         zeros = nn.initializers.zeros
         scale = cfg.residual_multiplier
         attn_gain = _param(self, "attn_norm", zeros, (cfg.d_model,), ("norm",), cfg)
         mlp_gain = _param(self, "mlp_norm", zeros, (cfg.d_model,), ("norm",), cfg)
-        attn = Attention(cfg, name="attn")(rms_norm(h_BxLxD, attn_gain, eps=cfg.norm_eps),
-                                           mask)
+        attn = Attention(cfg, self.position_offset, name="attn")(
+            rms_norm(h_BxLxD, attn_gain, eps=cfg.norm_eps), mask, prefix_kv)
         h_BxLxD = h_BxLxD + (scale * attn).astype(h_BxLxD.dtype)
         mlp = Mlp(cfg, name="mlp")(rms_norm(h_BxLxD, mlp_gain, eps=cfg.norm_eps))
         h_BxLxD = h_BxLxD + (scale * mlp).astype(h_BxLxD.dtype)
@@ -165,15 +174,19 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxL, attn_mask=None, *, return_hidden=False):
+    def __call__(self, tokens_BxL, attn_mask=None, *, return_hidden=False, prefix_kv=None,
+                 position_offset=0):
         """Logits [B, L, V] (float32) or, with return_hidden, final-norm hidden states [B, L, D].
 
         attn_mask: None, an attention.NoisyMask, or a boolean [B, L, L] array True where query q
         may attend to key k (the sink is always visible); causal models add the causal mask.
+        prefix_kv: per-layer (keys, values) [N, B, P, H, K] of a cached clean prefix that these
+        tokens follow (they sit at positions position_offset = P onwards); the mask then has
+        P + L keys.
         """
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        seq_len = tokens_BxL.shape[1]
+        seq_len = tokens_BxL.shape[1] + position_offset
         if seq_len > cfg.seq_len:
             raise ValueError(f"tokens have length {seq_len} > model.seq_len={cfg.seq_len}")
 
@@ -185,10 +198,10 @@ class Transformer(nn.Module):
         block = Block
         if cfg.remat != "none":
             block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
-                        split_rngs={"params": True}, in_axes=(nn.broadcast,),
+        stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "cache": 0},
+                        split_rngs={"params": True}, in_axes=(nn.broadcast, 0),
                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-        h_BxLxD, _ = stack(cfg, name="layers")(h_BxLxD, attn_mask)
+        h_BxLxD, _ = stack(cfg, position_offset, name="layers")(h_BxLxD, attn_mask, prefix_kv)
 
         final_gain = _param(self, "final_norm", nn.initializers.zeros, (cfg.d_model,),
                             ("norm",), cfg)
@@ -241,3 +254,24 @@ def apply_with_layer_outputs(params, tokens_BxL, attn_mask=None, *, cfg: ModelCo
                                            mutable=["intermediates"])
     (layer_outputs,) = state["intermediates"]["layers"]["layer_output"]
     return logits, layer_outputs
+
+
+def prefix_kv(params, tokens_BxL, attn_mask, prefix_len, *, cfg: ModelConfig):
+    """Per-layer (keys, values) [N, B, prefix_len, H, K] of the first prefix_len positions.
+
+    One forward of the whole window (so clean positions past the prefix are seen as in training);
+    exact for a cache only if positions [0, prefix_len) are clean under `attn_mask`.
+    """
+    _, state = Transformer(cfg).apply({"params": params}, tokens_BxL, attn_mask,
+                                      return_hidden=True, mutable=["cache"])
+    ((k_NxBxLxHxK, v_NxBxLxHxK),) = state["cache"]["layers"]["attn"]["kv"]
+    return k_NxBxLxHxK[:, :, :prefix_len], v_NxBxLxHxK[:, :, :prefix_len]
+
+
+def apply_after_prefix(params, kv, tokens_BxW, attn_mask, *, cfg: ModelConfig):
+    """Logits [B, W, V] of tokens at positions P.. after a cached prefix kv = prefix_kv(...)[:P].
+
+    attn_mask covers the P + W keys (e.g. NoisyMask(noisy_BxW, [clean prefix, noisy_BxW])).
+    """
+    return Transformer(cfg).apply({"params": params}, tokens_BxW, attn_mask, prefix_kv=kv,
+                                  position_offset=kv[0].shape[2])

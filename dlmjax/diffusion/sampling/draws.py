@@ -1,0 +1,239 @@
+"""x̂ from logits without materialising it: sampling logits, two-level categorical draws, arg-max.
+
+The categorical draw is an inverse-CDF draw with one uniform per position, done in two levels
+(group sums over the vocabulary, then a cumulative sum inside the chosen group), which reads the
+logits about twice and needs no per-vocabulary random numbers. With `float64=True` the
+probabilities, cumulative sums, uniforms and mixture weights are float64 even when jax x64 is off:
+that code runs under a local `jax.enable_x64(True)` scope, and the uniforms are built from two
+uint32 words (53 bits), because jax.random itself cannot make float64 inside such a scope.
+
+top-k and top-p need lax.top_k / a sort over V per position: cheap on accelerators, but slow on
+CPU (seconds per step at B·L = 4096, V = 4096), so they are off by default.
+"""
+
+import contextlib
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _precision(float64):
+    return jax.enable_x64(True) if float64 else contextlib.nullcontext()
+
+
+def _uniform_from_bits(bits_2xS, dtype):
+    """U[0, 1) from two uint32 words: 24 bits for float32, 53 bits for float64 (needs x64 scope)."""
+    if dtype == jnp.float64:
+        high = (bits_2xS[0] >> 5).astype(jnp.float64)  # 27 bits
+        low = (bits_2xS[1] >> 6).astype(jnp.float64)  # 26 bits
+        return (high * 2.0**26 + low) * 2.0**-53
+    return (bits_2xS[0] >> 8).astype(jnp.float32) * 2.0**-24
+
+
+class _Xhat(NamedTuple):
+    """x̂ kept as raw logits plus what turns them into sampling logits, never materialised.
+
+    The sampling logit of id v is (l_v + bias_v)/T where l_v >= threshold, else −inf (bias is −inf
+    on the mask). Consumers apply this inside their own reductions, which XLA fuses, so a step
+    reads the logits about twice. The vocabulary is viewed as N groups of S ids.
+    """
+
+    logits_BxLxNxS: jax.Array
+    bias_NxS: jax.Array
+    threshold_BxL: jax.Array | None
+    temperature: float
+    group_top_BxLxN: jax.Array  # max sampling logit per group
+    top_BxL: jax.Array
+    mass_BxLxN: jax.Array  # Σ_group exp(sampling logit − top)
+
+
+def _sampling_logits(logits, bias, threshold, temperature):
+    """Elementwise map from raw logits to sampling logits; threshold/bias broadcast to logits."""
+    out = logits + bias
+    if threshold is not None:
+        out = jnp.where(logits >= threshold, out, -jnp.inf)
+    if temperature == 0:
+        return jnp.where(out > -jnp.inf, 0.0, -jnp.inf).astype(out.dtype)  # uniform on the arg-max
+    return out if temperature == 1.0 else out / temperature
+
+
+def _threshold(logits_BxLxV, bias_V, *, temperature, top_k, top_p):
+    """Smallest raw logit kept by greedy / top-k / top-p (None: keep all); ties are kept."""
+    vocab_size = logits_BxLxV.shape[-1]
+    if temperature != 0 and top_k is None and top_p is None:
+        return None
+    masked_BxLxV = logits_BxLxV + bias_V
+    if temperature == 0:
+        return jnp.max(masked_BxLxV, axis=-1)
+    threshold_BxL = None
+    if top_k is not None and top_k < vocab_size - 1:
+        threshold_BxL = lax.top_k(masked_BxLxV, top_k)[0][..., -1]
+    if top_p is not None and top_p < 1.0:
+        kept_BxLxV = _sampling_logits(logits_BxLxV, bias_V, None if threshold_BxL is None
+                                      else threshold_BxL[..., None], temperature)
+        order_BxLxV = jnp.argsort(-kept_BxLxV, axis=-1)
+        sorted_BxLxV = jnp.take_along_axis(kept_BxLxV, order_BxLxV, axis=-1)
+        probs_BxLxV = jax.nn.softmax(sorted_BxLxV, axis=-1)
+        mass_before_BxLxV = jnp.cumsum(probs_BxLxV, axis=-1) - probs_BxLxV
+        num_kept_BxL = jnp.sum(mass_before_BxLxV < top_p, axis=-1)  # ≥ 1: the top is kept
+        last_BxL = jnp.take_along_axis(order_BxLxV, num_kept_BxL[..., None] - 1, axis=-1)
+        threshold_BxL = jnp.take_along_axis(logits_BxLxV, last_BxL, axis=-1)[..., 0]
+    return threshold_BxL
+
+
+def _group_size(vocab_size):
+    """A divisor of V near √V for the two-level draw (V itself when V is small or has none)."""
+    target = max(1, math.isqrt(vocab_size))
+    for g in range(target, max(target // 4, 1) - 1, -1):
+        if vocab_size % g == 0 and g > 1:
+            return g
+    return vocab_size
+
+
+def _make_xhat(logits_BxLxV, *, mask_id, temperature=1.0, top_k=None, top_p=None,
+               dtype=jnp.float32):
+    *lead, vocab_size = logits_BxLxV.shape
+    group = _group_size(vocab_size)
+    logits_BxLxV = logits_BxLxV.astype(dtype)
+    bias_V = jnp.where(jnp.arange(vocab_size) == mask_id, -jnp.inf, 0.0).astype(dtype)
+    threshold_BxL = _threshold(logits_BxLxV, bias_V, temperature=temperature, top_k=top_k,
+                               top_p=top_p)
+    logits_BxLxNxS = logits_BxLxV.reshape(*lead, vocab_size // group, group)
+    bias_NxS = bias_V.reshape(-1, group)
+    if threshold_BxL is None and temperature == 1.0:
+        # Plain reductions over the raw logits (an elementwise producer such as the mask bias
+        # would be materialised first on CPU); the mask's group is redone from a slice below.
+        sampling_BxLxNxS = logits_BxLxNxS
+    else:
+        sampling_BxLxNxS = _sampling_logits(
+            logits_BxLxNxS, bias_NxS,
+            None if threshold_BxL is None else threshold_BxL[..., None, None], temperature)
+    group_top_BxLxN = jnp.max(sampling_BxLxNxS, axis=-1)
+    has_mask = 0 <= mask_id < vocab_size
+    if has_mask:
+        mask_group = mask_id // group
+        mask_group_BxLxS = jnp.where(jnp.arange(group) == mask_id % group, -jnp.inf,
+                                     sampling_BxLxNxS[..., mask_group, :])
+        group_top_BxLxN = group_top_BxLxN.at[..., mask_group].set(
+            jnp.max(mask_group_BxLxS, axis=-1))
+    top_BxL = jnp.max(group_top_BxLxN, axis=-1)
+    mass_BxLxN = jnp.sum(jnp.exp(sampling_BxLxNxS - top_BxL[..., None, None]), axis=-1)
+    if has_mask:
+        mass_BxLxN = mass_BxLxN.at[..., mask_group].set(
+            jnp.sum(jnp.exp(mask_group_BxLxS - top_BxL[..., None]), axis=-1))
+    return _Xhat(logits_BxLxNxS, bias_NxS, threshold_BxL, temperature, group_top_BxLxN, top_BxL,
+                 mass_BxLxN)
+
+
+def _log_normalizer(xhat):
+    return xhat.top_BxL + jnp.log(jnp.sum(xhat.mass_BxLxN, axis=-1))
+
+
+def _sampling_logit_at(xhat, ids_BxL):
+    """Unnormalised sampling logit of the given ids (gathers, no pass over V)."""
+    num_groups, group = xhat.bias_NxS.shape
+    flat_BxLxV = xhat.logits_BxLxNxS.reshape(*ids_BxL.shape, num_groups * group)
+    logit_BxL = jnp.take_along_axis(flat_BxLxV, ids_BxL[..., None], axis=-1)[..., 0]
+    return _sampling_logits(logit_BxL, xhat.bias_NxS.reshape(-1)[ids_BxL], xhat.threshold_BxL,
+                            xhat.temperature)
+
+
+def _group_weights(xhat, g_BxL):
+    """exp(sampling logit − top) of the ids in group g: [B, L, S]."""
+    logits_BxLxS = jnp.take_along_axis(xhat.logits_BxLxNxS, g_BxL[..., None, None], axis=-2)[
+        ..., 0, :]
+    threshold = None if xhat.threshold_BxL is None else xhat.threshold_BxL[..., None]
+    sampling_BxLxS = _sampling_logits(logits_BxLxS, xhat.bias_NxS[g_BxL], threshold,
+                                      xhat.temperature)
+    return jnp.exp(sampling_BxLxS - xhat.top_BxL[..., None])
+
+
+def _last_positive_index(weights_BxLxN):
+    n = weights_BxLxN.shape[-1]
+    return jnp.max(jnp.where(weights_BxLxN > 0, jnp.arange(n), 0), axis=-1)
+
+
+def _draw(xhat, u_BxL):
+    """Inverse-CDF draw with one uniform per position: pick the group, then the id inside it.
+
+    Excluded ids have weight exactly 0 and are never returned, even when rounding pushes the
+    count past the end (it is clamped to the last id with positive weight).
+    """
+    group = xhat.bias_NxS.shape[1]
+    cum_BxLxN = jnp.cumsum(xhat.mass_BxLxN, axis=-1)
+    target_BxL = u_BxL.astype(cum_BxLxN.dtype) * cum_BxLxN[..., -1]
+    g_BxL = jnp.sum(cum_BxLxN <= target_BxL[..., None], axis=-1)
+    g_BxL = jnp.minimum(g_BxL, _last_positive_index(xhat.mass_BxLxN))
+    before_BxL = jnp.take_along_axis(cum_BxLxN - xhat.mass_BxLxN, g_BxL[..., None], -1)[..., 0]
+    weights_BxLxS = _group_weights(xhat, g_BxL)
+    cum_in_BxLxS = jnp.cumsum(weights_BxLxS, axis=-1)
+    j_BxL = jnp.sum(cum_in_BxLxS <= (target_BxL - before_BxL)[..., None], axis=-1)
+    j_BxL = jnp.minimum(j_BxL, _last_positive_index(weights_BxLxS))
+    return (g_BxL * group + j_BxL).astype(jnp.int32)
+
+
+def _first_max_index(x_BxLxN):
+    """Index of the first maximum along the last axis, as int32.
+
+    Written as a min over an iota rather than jnp.argmax: argmax's variadic reduction fails to
+    trace on float64 operands inside a local enable_x64 scope (its initial values stay float32).
+    """
+    n = x_BxLxN.shape[-1]
+    is_top = x_BxLxN == jnp.max(x_BxLxN, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(is_top, jnp.arange(n, dtype=jnp.int32), n), axis=-1)
+
+
+def _argmax(xhat):
+    """Arg-max of x̂: the first group holding the top, then the first top id inside it."""
+    group = xhat.bias_NxS.shape[1]
+    g_BxL = _first_max_index(xhat.group_top_BxLxN)
+    j_BxL = _first_max_index(_group_weights(xhat, g_BxL))
+    return (g_BxL * group + j_BxL).astype(jnp.int32)
+
+
+def _probability_at(xhat, ids_BxL):
+    """x̂(ids) under the sampling transform (temperature, top-k/top-p), no pass over V."""
+    return jnp.exp(_sampling_logit_at(xhat, ids_BxL) - _log_normalizer(xhat))
+
+
+def _entropy(xhat):
+    """Entropy (nats) of the sampling distribution of x̂ per position: one more pass over V."""
+    threshold = None if xhat.threshold_BxL is None else xhat.threshold_BxL[..., None, None]
+    shifted_BxLxNxS = _sampling_logits(xhat.logits_BxLxNxS, xhat.bias_NxS, threshold,
+                                       xhat.temperature) - xhat.top_BxL[..., None, None]
+    weights_BxLxNxS = jnp.exp(shifted_BxLxNxS)
+    mean_shifted_BxL = jnp.sum(jnp.where(weights_BxLxNxS > 0, weights_BxLxNxS * shifted_BxLxNxS,
+                                         0.0), axis=(-2, -1))
+    mass_BxL = jnp.sum(xhat.mass_BxLxN, axis=-1)
+    return jnp.maximum(jnp.log(mass_BxL) - mean_shifted_BxL / mass_BxL, 0.0)
+
+
+def predicted_logits(logits_BxLxV, *, mask_id, temperature=1.0, top_k=None, top_p=None):
+    """Materialised sampling logits of x̂ (mask excluded, temperature, top-k, top-p; −inf = out).
+
+    The sampler never builds this array; it exists to inspect and test the transform. temperature
+    0 keeps only the arg-max set (greedy). Ties at the top-k / top-p threshold are kept.
+    """
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+    bias_V = jnp.where(jnp.arange(logits_BxLxV.shape[-1]) == mask_id, -jnp.inf, 0.0)
+    threshold_BxL = _threshold(logits_BxLxV, bias_V, temperature=temperature, top_k=top_k,
+                               top_p=top_p)
+    return _sampling_logits(logits_BxLxV, bias_V,
+                            None if threshold_BxL is None else threshold_BxL[..., None],
+                            temperature)
+
+
+def categorical_from_bits(bits_2xBxL, logits_BxLxV, *, float64=False):
+    """Draw from softmax(logits) with two uint32 words per position as the randomness.
+
+    float64=True builds a 53-bit uniform and runs the whole draw in float64, so ids with mass
+    below float32's 2^-24 resolution (e.g. 1e-12) are drawn at their true rate.
+    """
+    with _precision(float64):
+        dtype = jnp.float64 if float64 else jnp.float32
+        xhat = _make_xhat(logits_BxLxV, mask_id=-1, dtype=dtype)
+        return _draw(xhat, _uniform_from_bits(bits_2xBxL, dtype))
+
