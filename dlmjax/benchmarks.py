@@ -63,6 +63,29 @@ def loss_memory_report(batch=2, length=2048, d_model=512, vocab_size=131072, chu
             "ratio": chunked_bytes / naive_bytes}
 
 
+def attention_memory_report(batch=1, heads=8, length=8192, head_dim=64, dtype="float32"):
+    """Temp bytes of value-and-grad of the attention core (with sink and soft-cap): blockwise
+    over dense, compiled and never run."""
+    from dlmjax.model import attention
+
+    qkv = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.dtype(dtype))
+    sink = jax.ShapeDtypeStruct((heads, head_dim), jnp.dtype(dtype))
+
+    def temp_bytes(implementation):
+        def loss(q, k, v, sink_k, sink_v):
+            o = attention.attend(q, k, v, sink_k, sink_v, softcap=30.0, dtype=jnp.dtype(dtype),
+                                 implementation=implementation)
+            return jnp.sum(o.astype(jnp.float32))
+
+        grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
+        compiled = jax.jit(grad).lower(qkv, qkv, qkv, sink, sink).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    blockwise, dense = temp_bytes("blockwise"), temp_bytes("dense")
+    return {"blockwise_temp_bytes": blockwise, "dense_temp_bytes": dense,
+            "ratio": blockwise / dense}
+
+
 def _tiny_run():
     import os
     import sys
