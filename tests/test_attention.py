@@ -38,6 +38,9 @@ CASES = {
     # S > L (keys of a cached prefix prepended), a dense boolean mask, causal, no sink.
     "prefix_dense_mask_causal_no_sink": dict(query_len=12, key_len=28, mask="dense",
                                              causal=True, softcap=5.0, sink=False),
+    # bfloat16 inputs and matmuls (float32 softmax in both): equal to bfloat16 rounding.
+    "prompt_masked_bfloat16": dict(query_len=20, key_len=20, mask="noisy", causal=False,
+                                   softcap=30.0, dtype="bfloat16", tol=3e-2),
 }
 
 
@@ -54,7 +57,10 @@ def test_blockwise_equals_dense_values_and_gradients(name):
     elif case["mask"] == "dense":
         noisy = _noisy_mask(L, S)
         mask = noisy.noisy_q_BxL[:, :, None] >= noisy.noisy_k_BxS[:, None, :]
-    kw = dict(softcap=case["softcap"], dtype=jnp.float32, causal=case["causal"])
+    dtype, tol = jnp.dtype(case.get("dtype", "float32")), case.get("tol", 1e-5)
+    q, k, v, sink_k, sink_v = (None if a is None else jnp.asarray(a, dtype)
+                               for a in (q, k, v, sink_k, sink_v))
+    kw = dict(softcap=case["softcap"], dtype=dtype, causal=case["causal"])
     w_o = np.random.default_rng(9).standard_normal((B, L, H, K), np.float32)  # any cotangent
     primals = (q, k, v) if sink_k is None else (q, k, v, sink_k, sink_v)
 
@@ -62,17 +68,20 @@ def test_blockwise_equals_dense_values_and_gradients(name):
     def value_and_grads(fn, *primals):
         pad = (None, None) if len(primals) == 3 else ()
         o, vjp = jax.vjp(lambda *a: fn(*a, *pad, mask, **kw), *primals)
-        return o, vjp(w_o)
+        return o, vjp(w_o.astype(o.dtype))
 
     # Blocks of 8 queries × 16 keys: several blocks, padded last blocks on both axes.
     blockwise = functools.partial(blockwise_attention, q_block=8, k_block=16)
     dense_o, dense_grads = value_and_grads(dense_attention, *primals)
     block_o, block_grads = value_and_grads(blockwise, *primals)
-    np.testing.assert_allclose(block_o, dense_o, rtol=1e-5, atol=1e-5)
+    assert block_o.dtype == dense_o.dtype == dtype
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    np.testing.assert_allclose(f32(block_o), f32(dense_o), rtol=tol, atol=tol)
     for g_block, g_dense in zip(block_grads, dense_grads):
-        scale = float(jnp.max(jnp.abs(g_dense)))
+        assert g_block.dtype == g_dense.dtype
+        scale = float(jnp.max(jnp.abs(f32(g_dense))))
         assert scale > 0
-        np.testing.assert_allclose(g_block / scale, g_dense / scale, atol=1e-5)
+        np.testing.assert_allclose(f32(g_block) / scale, f32(g_dense) / scale, atol=tol)
 
 
 def test_blockwise_memory_is_a_tile_not_the_scores():

@@ -183,7 +183,8 @@ def _backward(geo, softcap, dtype, mask_kind, q, k, v, sink_k, sink_v, mask_arra
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _attention(geo, softcap, dtype, mask_kind, q, k, v, sink_k, sink_v, mask_arrays):
-    return _forward(geo, softcap, dtype, mask_kind, q, k, v, sink_k, sink_v, mask_arrays)[0]
+    o, _ = _forward(geo, softcap, dtype, mask_kind, q, k, v, sink_k, sink_v, mask_arrays)
+    return o.astype(dtype)
 
 
 def _attention_fwd(geo, softcap, dtype, mask_kind, q, k, v, sink_k, sink_v, mask_arrays):
