@@ -16,9 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from dlmjax import benchmarks  # noqa: E402
+from dlmjax.benchmarks import protocol  # noqa: E402
 
 FLAGS = flags.DEFINE_string("only", "", "comma-separated figure keys (default: all)")
 OUT = flags.DEFINE_string("out", os.path.join(ROOT, "bench", "latest.json"), "report to write")
+REPEATS = flags.DEFINE_integer("repeats", 7, "timed calls per figure (median)")
 BASELINE = flags.DEFINE_string("baseline", os.path.join(ROOT, "bench", "baseline.json"),
                                "report to compare with")
 
@@ -47,7 +49,8 @@ def main(argv):
         print(f"--only: unknown figure(s) {unknown}; known: {list(benchmarks.FIGURES)}",
               file=sys.stderr)
         sys.exit(2)
-    report = {"figures": {}, "details": {}, "machine": _machine()}
+    protocol.SETTINGS["repeats"] = REPEATS.value
+    report = {"figures": {}, "details": {}, "machine": {**_machine(), "repeats": REPEATS.value}}
     for key in keys:
         print(f"== {key}: {benchmarks.DESCRIPTIONS.get(key, '')}", flush=True)
         details = benchmarks.FIGURES[key]()

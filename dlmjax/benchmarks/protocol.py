@@ -11,10 +11,13 @@ import jax
 import jax.numpy as jnp
 
 MATMUL_SIZE = 2048
+# Timed calls per figure (tools/bench.py --repeats sets it; fewer on a loaded machine).
+SETTINGS = {"repeats": 7}
 
 
-def interleaved_medians(fns, repeats=7, warmup=2):
+def interleaved_medians(fns, repeats=None, warmup=2):
     """{name: median seconds} of zero-argument callables that block until their result is ready."""
+    repeats = repeats or SETTINGS["repeats"]
     for fn in fns.values():
         for _ in range(warmup):
             fn()

@@ -65,9 +65,9 @@ def train_step_call(run):
     return call, flops
 
 
-def train_mfu(runs, repeats=7):
+def train_mfu(runs, repeats=None, matmul_size=2048, matmul_dtype="float32"):
     """{name: step FLOP/s over matmul FLOP/s}, all steps and the matmul interleaved."""
-    matmul, matmul_flops = matmul_call()
+    matmul, matmul_flops = matmul_call(matmul_size, jnp.dtype(matmul_dtype))
     calls = {"matmul": matmul}
     flops = {}
     for name, run in runs.items():
@@ -101,7 +101,7 @@ def pipeline_margin():
 
     run = tiny_run()
     step, _ = train_step_call(run)
-    seconds = interleaved_medians({"step": step}, repeats=3)["step"]
+    seconds = interleaved_medians({"step": step})["step"]
     pipeline = data.benchmark_pipeline(run.config.data, seq_len=run.model.seq_len,
                                        batch_size=run.batch_size)
     train_tokens_per_s = run.tokens_per_step / seconds
