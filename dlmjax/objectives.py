@@ -31,7 +31,7 @@ def prompt_attention_mask(clean_BxL):
 
 
 def noise_batch(key, x_BxL, run: Run):
-    """(z_BxL, log_snr_BxL, attn_mask_BxLxL or None) for a clean batch, per DESIGN.md §1."""
+    """(z_BxL, log_snr_BxL, attn_mask: a NoisyMask or None) for a clean batch (DESIGN.md §1)."""
     noise = run.config.noise
     batch_size, seq_len = x_BxL.shape
     key_lam, key_prompt, key_z = jax.random.split(key, 3)
@@ -41,7 +41,8 @@ def noise_batch(key, x_BxL, run: Run):
     if noise.prompt_fraction > 0:
         clean_BxL = prompt_clean_mask(key_prompt, batch_size, seq_len, noise.prompt_fraction)
         log_snr_BxL = jnp.where(clean_BxL, jnp.inf, log_snr_BxL)
-        attn_mask = prompt_attention_mask(clean_BxL)
+        # Structured (batch-shardable, never [B, L, L]); equal to prompt_attention_mask(clean).
+        attn_mask = model_lib.NoisyMask(~clean_BxL, ~clean_BxL)
     z_BxL = forward.sample_zt(key_z, x_BxL, log_snr_BxL, vocab_size=run.model.vocab_size,
                               mask_id=MASK_ID, shift=run.shift, scale=noise.scale)
     return z_BxL, log_snr_BxL, attn_mask
@@ -54,15 +55,17 @@ def diffusion_loss(params, x_BxL, key, *, run: Run):
     loss_BxL, elbo_BxL = elbo.token_losses_from_hidden(
         h_BxLxD, model_lib.head_kernel(params), z_BxL, x_BxL, log_snr_BxL, mask_id=MASK_ID,
         shift=run.shift, scale=run.config.noise.scale,
-        logit_multiplier=run.model.logit_multiplier, chunk_size=run.config.noise.chunk_size)
+        logit_multiplier=run.model.logit_multiplier, chunk_size=run.config.noise.chunk_size,
+        batch_shards=run.data_parallel)
     stats = {"loss_sum": loss_BxL.sum(), "elbo_sum": elbo_BxL.sum(),
              "tokens": jnp.isfinite(log_snr_BxL).sum().astype(jnp.float32)}
     return stats["loss_sum"], stats
 
 
-def _next_token_nll(logits_CxV, target_C, valid_C):
-    nll_C = -jnp.take_along_axis(jax.nn.log_softmax(logits_CxV), target_C[:, None], -1)[:, 0]
-    return jnp.where(valid_C, nll_C, 0.0)
+def _next_token_nll(logits_BxCxV, target_BxC, valid_BxC):
+    log_p_BxCxV = jax.nn.log_softmax(logits_BxCxV)
+    nll_BxC = -jnp.take_along_axis(log_p_BxCxV, target_BxC[..., None], -1)[..., 0]
+    return jnp.where(valid_BxC, nll_BxC, 0.0)
 
 
 def autoregressive_loss(params, x_BxL, key, *, run: Run):
@@ -74,7 +77,7 @@ def autoregressive_loss(params, x_BxL, key, *, run: Run):
     nll_BxL = elbo.map_token_chunks(
         _next_token_nll, h_BxLxD, model_lib.head_kernel(params), (target_BxL, valid_BxL),
         (0, False), logit_multiplier=run.model.logit_multiplier,
-        chunk_size=run.config.noise.chunk_size)
+        chunk_size=run.config.noise.chunk_size, batch_shards=run.data_parallel)
     stats = {"loss_sum": nll_BxL.sum(), "elbo_sum": nll_BxL.sum(),
              "tokens": valid_BxL.sum().astype(jnp.float32)}
     return stats["loss_sum"], stats

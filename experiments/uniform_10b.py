@@ -16,6 +16,7 @@ def get_config():
     c.model.num_layers = 34
     c.model.d_model = 4608
     c.model.num_heads = 36
+    c.model.attention = "blockwise"  # no [B, H, S, S] scores: the largest temporary otherwise
     c.train.batch_size = 3072
     c.train.microbatches = 12  # 4 sequences per device per pass on the 64-device mesh below
     c.train.steps = 29_000

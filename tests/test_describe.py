@@ -22,6 +22,7 @@ def test_describe_uniform_10b_on_64_fake_devices():
     assert abs(report["training_flops"]["deepseek"] - 1.0e22) / 1.0e22 < 0.02
     assert report["tokens"] == 3072 * 2048 * 29_000
     assert report["mesh"]["devices"] == 64 and report["mesh"]["fsdp"] == 64
+    assert report["model"]["attention"] == "blockwise"  # temporaries without [B, H, S, S]
     memory = report["per_device_memory"]
     # Parameters (f32) and two LaProp moments, sharded 64 ways: about 1.85 GB per device.
     state_bytes = 3 * 4 * report["total_params"] / 64

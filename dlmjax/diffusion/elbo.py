@@ -92,46 +92,53 @@ def token_losses(logits_BxLxV, z_BxL, x_BxL, log_snr_BxL, *, mask_id, shift, sca
 
 
 def map_token_chunks(chunk_fn, h_BxLxD, w_DxV, per_token, fills, *, logit_multiplier=1.0,
-                     chunk_size=256):
-    """Applies `chunk_fn(logits_CxV, *per_token_C)` to chunks of C tokens, rematerialised.
+                     chunk_size=256, batch_shards=1):
+    """Applies `chunk_fn(logits_BxCxV, *per_token_BxC)` to length chunks, rematerialised.
 
-    Returns chunk_fn's per-token outputs reshaped to [B, L]. Padding tokens get `fills` (one per
-    entry of `per_token`), which chunk_fn must map to zero loss.
+    A chunk holds all B rows and C = ⌈chunk_size / (B / batch_shards)⌉ positions, so each of the
+    `batch_shards` devices that hold a slice of the batch sees about chunk_size tokens per chunk,
+    and the batch axis is never reshaped: a batch-sharded input stays batch-sharded in
+    every chunk (flattening B·L into one token axis makes XLA regather it, the "Involuntary full
+    rematerialization" of its SPMD partitioner). Returns chunk_fn's per-token outputs as [B, L].
+    Padding positions get `fills` (one per entry of `per_token`), which chunk_fn must map to zero
+    loss.
     """
     batch, length, _ = h_BxLxD.shape
-    num_tokens = batch * length
-    chunk_size = min(chunk_size, num_tokens)
-    num_chunks = -(-num_tokens // chunk_size)
-    pad = num_chunks * chunk_size - num_tokens
+    rows = max(1, batch // batch_shards)
+    chunk_len = min(length, max(1, -(-chunk_size // rows)))
+    num_chunks = -(-length // chunk_len)
+    pad = num_chunks * chunk_len - length
 
-    def chunked(a, fill):
-        a = jnp.asarray(a).reshape(num_tokens, *a.shape[2:])
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
-        return a.reshape(num_chunks, chunk_size, *a.shape[1:])
+    def chunked(a, fill):  # [B, L, ...] → [num_chunks, B, C, ...]
+        a = jnp.asarray(a)
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
+        return jnp.moveaxis(a.reshape(batch, num_chunks, chunk_len, *a.shape[2:]), 1, 0)
 
     inputs = (chunked(h_BxLxD, 0), *(chunked(a, f) for a, f in zip(per_token, fills)))
 
     # Under checkpoint the backward pass recomputes each chunk's logits instead of storing them.
     @functools.partial(jax.checkpoint, prevent_cse=False)
-    def one_chunk(h_CxD, *per_token_C):
-        logits_CxV = jnp.dot(h_CxD, w_DxV.astype(h_CxD.dtype),
-                             preferred_element_type=jnp.float32) * logit_multiplier
-        return chunk_fn(logits_CxV, *per_token_C)
+    def one_chunk(h_BxCxD, *per_token_BxC):
+        logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV.astype(h_BxCxD.dtype),
+                                  preferred_element_type=jnp.float32) * logit_multiplier
+        return chunk_fn(logits_BxCxV, *per_token_BxC)
 
     outputs = jax.lax.map(lambda args: one_chunk(*args), inputs)
-    return jax.tree.map(lambda a: a.reshape(-1)[:num_tokens].reshape(batch, length), outputs)
+    return jax.tree.map(
+        lambda a: jnp.moveaxis(a, 0, 1).reshape(batch, num_chunks * chunk_len)[:, :length],
+        outputs)
 
 
 def token_losses_from_hidden(h_BxLxD, w_DxV, z_BxL, x_BxL, log_snr_BxL, *, mask_id, shift,
-                             scale=1.0, logit_multiplier=1.0, chunk_size=256):
+                             scale=1.0, logit_multiplier=1.0, chunk_size=256, batch_shards=1):
     """`token_losses(logit_multiplier * h @ w, ...)` without ever holding [B, L, V] logits.
 
-    Tokens are processed `chunk_size` at a time, so the peak memory is O(chunk_size·V) in the
-    forward and the backward pass.
+    Tokens are processed about `chunk_size` per device at a time (`map_token_chunks`), so the
+    peak memory is O(chunk_size·V) in the forward and the backward pass.
     """
     log_snr_BxL = jnp.broadcast_to(log_snr_BxL, z_BxL.shape).astype(jnp.float32)
     chunk_fn = functools.partial(_losses_from_logits, mask_id=mask_id, shift=shift, scale=scale)
     # Padded tokens are marked clean (λ = +inf), which zeroes their loss and gradient.
     return map_token_chunks(chunk_fn, h_BxLxD, w_DxV, (z_BxL, x_BxL, log_snr_BxL),
                             (0, 0, jnp.inf), logit_multiplier=logit_multiplier,
-                            chunk_size=chunk_size)
+                            chunk_size=chunk_size, batch_shards=batch_shards)

@@ -8,16 +8,24 @@ without a sink a fully masked row is impossible in our masks (every query sees i
 Masks are structured where they can be, so that an implementation that never builds [L, S]
 arrays can use them: `NoisyMask` (prompt conditioning, attn[q, k] = noisy[q] ≥ noisy[k]) and
 `causal=True` (the autoregressive baseline, query i sees keys ≤ i + S − L). A dense boolean
-[B, L, S] array is accepted too. `model.attention` selects the implementation; "dense"
-materialises the [B, H, L, S] scores.
+[B, L, S] array is accepted too. `model.attention` selects the implementation: "dense"
+materialises the [B, H, L, S] scores; "blockwise" (attention_blockwise.py) folds key blocks with an
+online softmax and a recomputing backward pass, never building more than a tile; "cudnn" and
+"splash" name the GPU / TPU fused kernels and fall back to "blockwise" with a one-line message
+naming the missing feature (see `resolve`).
 """
 
+import functools
+import inspect
+import logging
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("dense",)
+from dlmjax.model.attention_blockwise import blockwise_attention
+
+IMPLEMENTATIONS = ("dense", "blockwise", "cudnn", "splash")
 
 
 class NoisyMask(NamedTuple):
@@ -69,9 +77,40 @@ def dense_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mas
     return o_BxLxHxK.astype(dtype)
 
 
-def attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask=None, *, softcap,
-           dtype, causal=False, implementation="dense"):
+def _missing_feature(implementation, platform):
+    """Why `implementation` cannot run our attention on `platform` (None when it can)."""
+    if implementation == "cudnn":
+        if platform != "gpu":
+            return f"cuDNN attention needs a GPU, this is {platform}"
+        params = inspect.signature(jax.nn.dot_product_attention).parameters
+        if not any("cap" in name for name in params):
+            return "jax.nn.dot_product_attention has no logit soft-cap (model.attn_softcap)"
+    if implementation == "splash":
+        if platform != "tpu":
+            return f"the Pallas splash kernel needs a TPU, this is {platform}"
+        # Splash's sinks are one constant logit per head with a zero value; ours are a learned
+        # key and value (a query-dependent logit), and its masks are static, not per batch.
+        return "the splash kernel has no learned key/value sink nor per-batch NoisyMask"
+    return None
+
+
+@functools.cache
+def resolve(implementation, platform=None):
+    """The implementation that runs: `implementation`, or "blockwise" with a logged reason."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"model.attention={implementation!r}; expected one of {IMPLEMENTATIONS}")
+    reason = _missing_feature(implementation, platform or jax.default_backend())
+    if reason is None:
+        return implementation
+    logging.warning("model.attention=%r falls back to 'blockwise': %s", implementation, reason)
+    return "blockwise"
+
+
+def attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask=None, *, softcap,
+           dtype, causal=False, implementation="dense"):
+    implementation = resolve(implementation)
+    if implementation == "blockwise":
+        return blockwise_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask,
+                                   softcap=softcap, dtype=dtype, causal=causal)
     return dense_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask,
                            softcap=softcap, dtype=dtype, causal=causal)

@@ -6,7 +6,7 @@ DTYPES = ("bfloat16", "float32")
 REMAT_POLICIES = ("none", "full", "dots")
 PARAMETRIZATIONS = ("completep", "standard")
 WEIGHT_SCALINGS = ("none", "fan_in", "fan_out")  # or a number, written as a string ("0.5")
-ATTENTION_IMPLEMENTATIONS = ("dense",)
+ATTENTION_IMPLEMENTATIONS = ("dense", "blockwise", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
