@@ -26,6 +26,12 @@ def _prepare_data():
             **report}
 
 
+def _prompt_cache_speedup():
+    from dlmjax.diffusion import sampling
+
+    return _value(sampling.benchmark_prompt_cache, "speedup")()
+
+
 def _value(report_fn, key="ratio"):
     def figure():
         report = report_fn()
@@ -40,6 +46,7 @@ FIGURES = {
     "loss_memory_ratio": _value(loss_memory_report),
     "attention_memory_ratio": _value(attention_memory_report),
     "sampler_over_forward": sampler_over_forward,
+    "prompt_cache_speedup": _prompt_cache_speedup,
     "pipeline_margin": pipeline_margin,
     "describe_10b_seconds": describe_10b_seconds,
     "prepare_cpu_rate_over_goal": _prepare_data,
