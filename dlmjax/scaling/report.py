@@ -187,7 +187,8 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
                                skip_fraction=skip_fraction) for d in run_dirs]
     result = {"summaries": summaries, "notes": [], "files": [], "budgets": {},
               "isoflop_points": [], "vertices": [], "laws": [], "parametric": [],
-              "batch_vertices": [], "lr_vertices": [], "hparam_laws": [], "fits": {}}
+              "batch_vertices": [], "lr_vertices": [], "lr_at_optimal_batch": [],
+              "hparam_laws": [], "fits": {}}
     notes, files = result["notes"], result["files"]
 
     run_rows = [{"run": s.path, "noise": s.noise, "size": s.size, "params": s.params,
@@ -262,6 +263,7 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
     for name, key in (("isoflop_points.csv", "isoflop_points"), ("vertices.csv", "vertices"),
                       ("compute_optimal_laws.csv", "laws"), ("parametric_fit.csv", "parametric"),
                       ("batch_vertices.csv", "batch_vertices"), ("lr_vertices.csv", "lr_vertices"),
+                      ("lr_at_optimal_batch.csv", "lr_at_optimal_batch"),
                       ("hyperparameter_laws.csv", "hparam_laws")):
         if result[key]:
             files.append(_write_csv(os.path.join(out_dir, name), result[key]))
@@ -276,9 +278,9 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
             ylabel="optimal batch B* (tokens)", title="optimal batch size",
             groups=[r["group"] for r in rows], published=laws.BATCH_LAW))
     if make_plots and "lr_law" in result["fits"]:
-        rows, law = result["lr_vertices"], result["fits"]["lr_law"]
+        rows, law = result["lr_at_optimal_batch"], result["fits"]["lr_law"]
         files.append(plots.plot_power_law(
-            os.path.join(out_dir, "lr_law.png"), [r["batch"] for r in rows],
+            os.path.join(out_dir, "lr_law.png"), [r["batch_opt"] for r in rows],
             [r["lr_opt"] for r in rows], law, xlabel="batch B (tokens)",
             ylabel="optimal learning rate η*", title="optimal learning rate",
             groups=[r["group"] for r in rows], published=laws.LR_LAW))
@@ -308,16 +310,23 @@ def _hyperparameter_laws(summaries, result, *, n_boot, seed, num_targets):
                 cols["tokens"].append(float(m.curve.tokens_to_loss(target)))
     result["batch_vertices"] = hparams.optimal_batches(**cols)
     result["lr_vertices"] = hparams.optimal_lrs(**cols)
+    result["lr_at_optimal_batch"] = hparams.lr_at_optimal_batch(**cols)
+    # The study's η* law is the LR at the optimal batch; the pooled one is a diagnostic.
     for name, rows, fitter, quantity in (
             ("batch_law", result["batch_vertices"], hparams.fit_batch_law, "B*(D) tokens"),
-            ("lr_law", result["lr_vertices"], hparams.fit_lr_law, "eta*(B tokens)")):
+            ("lr_law", result["lr_at_optimal_batch"],
+             lambda rows, **kw: hparams.fit_lr_law_at_optimal_batch(**cols, **kw),
+             "eta*(B tokens)"),
+            ("lr_law_pooled", result["lr_vertices"], hparams.fit_lr_law,
+             "eta*(B tokens) pooled (diagnostic)")):
         try:
             law = fitter(rows, n_boot=n_boot, seed=seed)
         except ValueError as err:
             result["notes"].append(f"{name} skipped ({err})")
             continue
         result["fits"][name] = law
-        result["hparam_laws"].append(_law_row("all", quantity, law, len(rows), "points"))
+        result["hparam_laws"].append(_law_row("all", quantity, law, len(rows),
+                                              "targets (case resampling)"))
 
 
 def _write_markdown(path: str, result: dict) -> str:
@@ -349,7 +358,11 @@ def _write_markdown(path: str, result: dict) -> str:
                   _md_table(result["hparam_laws"], ["quantity", "A", "alpha", "alpha_lo",
                                                     "alpha_hi", "num_points"]), "",
                   f"Published: B* = {laws.BATCH_LAW.A:.4g}·D^{laws.BATCH_LAW.alpha}, "
-                  f"η* = {laws.LR_LAW.A:.4g}·B^{laws.LR_LAW.alpha}", ""]
+                  f"η* = {laws.LR_LAW.A:.4g}·B^{laws.LR_LAW.alpha}", "",
+                  "η*(B) is the study's estimand: the best LR at each target's optimal batch B* "
+                  "(a line of log η* in log B per target, read at B*), then a power law over "
+                  "targets. The pooled row fits every (target, batch) vertex at once; it differs "
+                  "when η* depends on the run length. Intervals resample the targets.", ""]
     figures = [f for f in result["files"] if f.endswith(".png")]
     if figures:
         parts += ["## Figures", ""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})"
