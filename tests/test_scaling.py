@@ -466,5 +466,5 @@ def test_micro_study_report_finds_vertices_inside_the_size_range(tmp_path):
         for v, m_pred in zip(vertices, micro.predicted_m):
             assert v["interior"] and v["used"]
             assert abs(math.log(v["M_opt"] / m_pred)) < 0.3
-    assert {r["scheme"] for r in result["laws"]} == {"budgets"}   # 3 sizes: no residuals
+    assert {r["scheme"] for r in result["laws"]} == {"run"}   # the run-level default
     assert (tmp_path / "out" / "frontier.png").exists()

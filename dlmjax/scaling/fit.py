@@ -200,9 +200,14 @@ def _lse_terms(theta_Rx5, n_n, d_n, *, with_jac=True):
     return top + np.log(total), jac
 
 
+def _rows(y):
+    """Targets shared by every row, (n,) → (1, n), or one row each, (R, n) as is."""
+    return y if y.ndim == 2 else y[None]
+
+
 def _objective(theta_Rx5, n_n, d_n, y_n, w_Rxn, delta):
     pred, _ = _lse_terms(theta_Rx5, n_n, d_n, with_jac=False)
-    return (w_Rxn * huber(pred - y_n[None], delta)).sum(1)
+    return (w_Rxn * huber(pred - _rows(y_n), delta)).sum(1)
 
 
 def _lm_refine(theta_Rx5, n_n, d_n, y_n, w_Rxn, delta, *, max_iter=200, tol=1e-10):
@@ -216,8 +221,9 @@ def _lm_refine(theta_Rx5, n_n, d_n, y_n, w_Rxn, delta, *, max_iter=200, tol=1e-1
         if idx.size == 0:
             break
         th, w = theta[idx], w_Rxn[idx]
+        y_i = y_n[idx] if y_n.ndim == 2 else y_n
         pred, jac = _lse_terms(th, n_n, d_n)
-        r = pred - y_n[None]
+        r = pred - _rows(y_i)
         omega = w * np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-300))
         weighted_Rx5xn = (jac * omega[..., None]).transpose(0, 2, 1)
         grad = np.matmul(weighted_Rx5xn, r[..., None])[..., 0]
@@ -230,7 +236,7 @@ def _lm_refine(theta_Rx5, n_n, d_n, y_n, w_Rxn, delta, *, max_iter=200, tol=1e-1
             step = -np.matmul(np.linalg.pinv(damped), grad[..., None])[..., 0]
         cand = th + step
         cand[:, 3:] = np.maximum(cand[:, 3:], 1e-6)      # exponents stay positive
-        cand_obj = _objective(cand, n_n, d_n, y_n, w, delta)
+        cand_obj = _objective(cand, n_n, d_n, y_i, w, delta)
         better = np.isfinite(cand_obj) & (cand_obj <= obj[idx])
         gain = obj[idx] - np.where(better, cand_obj, obj[idx])
         theta[idx[better]] = cand[better]
@@ -367,15 +373,26 @@ class ParametricFit:
 
 def bootstrap_parametric(N, D, L, *, n_boot: int = 10_000, seed: int = 0,
                          delta: float = PARAMETRIC_DELTA, level: float = 0.95,
-                         num_starts: int = 64, chunk: int = 2_000) -> ParametricFit:
-    """fit_parametric plus percentile CIs from n_boot case resamples (batched refits)."""
+                         num_starts: int = 64, chunk: int = 2_000,
+                         loss_samples=None) -> ParametricFit:
+    """fit_parametric plus percentile CIs from batched refits: n_boot case resamples of the
+    points, or, given loss_samples (R, n) (run-level resamples of L, see runboot), one refit per
+    row of resampled losses on the same (N, D)."""
     n_n, d_n, y_n, n0, d0 = _prepare(N, D, L)
     theta0 = _fit_theta(n_n, d_n, y_n, delta, num_starts)
-    counts = bootstrap_counts(y_n.size, n_boot, seed)
+    if loss_samples is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y_Rxn = np.log(np.asarray(loss_samples, np.float64))
+        counts = np.isfinite(y_Rxn).astype(np.float64)
+        y_Rxn = np.where(counts > 0, y_Rxn, 0.0)
+        n_boot = y_Rxn.shape[0]
+    else:
+        y_Rxn, counts = None, bootstrap_counts(y_n.size, n_boot, seed)
     thetas = []
     for start in range(0, n_boot, chunk):
         w = counts[start:start + chunk]
-        th, _ = _lm_refine(np.repeat(theta0[None], len(w), 0), n_n, d_n, y_n, w, delta)
+        y = y_n if y_Rxn is None else y_Rxn[start:start + chunk]
+        th, _ = _lm_refine(np.repeat(theta0[None], len(w), 0), n_n, d_n, y, w, delta)
         thetas.append(th)
     th = np.concatenate(thetas)
     samples = {"A": np.exp(th[:, 0] + th[:, 3] * n0), "B": np.exp(th[:, 1] + th[:, 4] * d0),
