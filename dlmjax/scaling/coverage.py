@@ -41,7 +41,7 @@ def study_runs(rng, *, sigma: float, phi: float, num_records: int = 200) -> list
     return out
 
 
-def study_fits(rng, *, sigma, phi, n_boot, schemes=SCHEMES, seed=0) -> dict:
+def study_fits(rng, *, sigma, phi, n_boot, schemes=SCHEMES, seed=0, delta=None) -> dict:
     """scheme → Approach2Fit of one synthetic study (tokens as x: D* and L* laws)."""
     summaries = [report.summarize_run(r) for r in study_runs(rng, sigma=sigma, phi=phi)]
     points = report.isoflop_points(summaries, BUDGETS)
@@ -53,7 +53,7 @@ def study_fits(rng, *, sigma, phi, n_boot, schemes=SCHEMES, seed=0) -> dict:
         samples = (runboot.isoflop_loss_samples(summaries, points, n_boot=n_boot, seed=seed)
                    if scheme == "run" else None)
         out[scheme] = isoflop.approach2(c, d, loss, n_boot=n_boot, seed=seed, scheme=scheme,
-                                        loss_samples=samples)
+                                        loss_samples=samples, delta=delta)
     return out
 
 
