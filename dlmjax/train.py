@@ -35,9 +35,13 @@ def init_state(key, run: Run, optimizer):
             "step": jnp.zeros([], jnp.int32), "rng": jax.random.key_data(key)}
 
 
-def train_step(state, x_BxL, *, run: Run, optimizer):
-    """One optimizer step on a global batch, accumulated over `run.microbatches` passes."""
-    loss_fn = objectives.loss_fn_for(run)
+def train_step(state, x_BxL, *, run: Run, optimizer, logits_fn=None):
+    """One optimizer step on a global batch, accumulated over `run.microbatches` passes.
+
+    Logged `elbo` comes from the ELBO rows only (NaN in a step that has none) and `elbo_all_rows`
+    from every row; see dlmjax/objectives.py. logits_fn: see objectives.diffusion_loss.
+    """
+    loss_fn = objectives.loss_fn_for(run, logits_fn=logits_fn)
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     micro = run.microbatches
     x_MxBxL = x_BxL.reshape(micro, x_BxL.shape[0] // micro, x_BxL.shape[1])
@@ -51,7 +55,7 @@ def train_step(state, x_BxL, *, run: Run, optimizer):
                 jax.tree.map(jnp.add, stats_acc, stats)), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
-    zero_stats = {k: jnp.zeros([], jnp.float32) for k in ("loss_sum", "elbo_sum", "tokens")}
+    zero_stats = {k: jnp.zeros([], jnp.float32) for k in objectives.STAT_KEYS}
     (grads, stats), _ = jax.lax.scan(accumulate, (zeros, zero_stats),
                                      (jnp.arange(micro), x_MxBxL))
     # "sum": Σ over each sequence's tokens, averaged over sequences; "mean": per noised token.
@@ -61,7 +65,11 @@ def train_step(state, x_BxL, *, run: Run, optimizer):
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     tokens = jnp.maximum(stats["tokens"], 1.0)
-    metrics = {"loss": stats["loss_sum"] / tokens, "elbo": stats["elbo_sum"] / tokens,
+    elbo_tokens = stats["elbo_tokens"]
+    metrics = {"loss": stats["loss_sum"] / tokens,
+               "elbo": jnp.where(elbo_tokens > 0, stats["elbo_sum"] / jnp.maximum(elbo_tokens, 1.0),
+                                 jnp.nan),
+               "elbo_all_rows": stats["elbo_all_sum"] / tokens,
                "grad_norm": optax.global_norm(grads),
                "lr": run.optimizer.lr * optim.wsd_schedule(
                    total_steps=run.steps, warmup_steps=run.optimizer.warmup_steps,
@@ -71,10 +79,11 @@ def train_step(state, x_BxL, *, run: Run, optimizer):
     return new_state, metrics
 
 
-def eval_step(params, x_BxL, key, *, run: Run):
-    """Σ ELBO and noised-token count of one held-out batch (Monte-Carlo λ, fixed key)."""
-    _, stats = objectives.loss_fn_for(run)(params, x_BxL, key)
-    return stats["elbo_sum"], stats["tokens"]
+def eval_step(params, x_BxL, key, *, run: Run, logits_fn=None):
+    """Σ ELBO and noised-token count of one held-out batch (Monte-Carlo λ, fixed key), with
+    one λ per sequence and no prompt in every row, so that it is a true ELBO."""
+    _, stats = objectives.elbo_fn_for(run, logits_fn=logits_fn)(params, x_BxL, key)
+    return stats["elbo_sum"], stats["elbo_tokens"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -292,7 +301,9 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
                 # Checking finiteness before any save keeps the newest checkpoint a good one.
                 host = jax.device_get(pending)
                 pending = []
-                bad = [m for m in host if not all(np.isfinite(v) for v in m.values())]
+                # elbo is NaN, not bad, in a step without ELBO rows (see train_step).
+                bad = [m for m in host
+                       if not all(np.isfinite(v) for k, v in m.items() if k != "elbo")]
                 if bad:
                     good = manager.latest_step()
                     raise NonFiniteLossError(

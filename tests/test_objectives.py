@@ -55,7 +55,13 @@ def test_diffusion_loss_equals_token_losses_on_full_logits():
     logits = model_lib.apply(params, z, mask, cfg=run.model)
     loss, el = elbo.token_losses(logits, z, x, lam, mask_id=3, shift=run.shift)
     np.testing.assert_allclose(float(total), float(loss.sum()), rtol=1e-5)
-    np.testing.assert_allclose(float(stats_["elbo_sum"]), float(el.sum()), rtol=1e-5)
+    np.testing.assert_allclose(float(stats_["elbo_all_sum"]), float(el.sum()), rtol=1e-5)
+    # The ELBO rows: one λ for the whole row and no clean prompt.
+    lam_np = np.asarray(lam)
+    rows = np.all(lam_np == lam_np[:, :1], axis=1) & np.all(np.isfinite(lam_np), axis=1)
+    np.testing.assert_allclose(float(stats_["elbo_sum"]), float(np.asarray(el)[rows].sum()),
+                               rtol=1e-5)
+    assert float(stats_["elbo_tokens"]) == rows.sum() * x.shape[1]
     assert float(stats_["tokens"]) == float(np.isfinite(np.asarray(lam)).sum())
     assert np.all(np.asarray(z)[np.isinf(np.asarray(lam))] == np.asarray(x)[np.isinf(lam)])
 

@@ -381,9 +381,11 @@ def test_fit_scaling_laws_on_fake_runs_writes_the_right_numbers(tmp_path):
     truth = {"masked": PARAMS, "uniform": other}
     _parametric_runs(str(tmp_path / "runs"), truth)
     out = tmp_path / "report"
-    # EMA off: the fake curves are exact, so every number below has a closed form.
+    # EMA off: the fake curves are exact, so every number below has a closed form. Noise-free
+    # runs give the run-level bootstrap nothing to resample; the parabolas' residuals (their
+    # misfit to the law's iso-FLOP curves) are what the intervals below must cover.
     assert fit_scaling_laws.main([str(tmp_path / "runs"), "--out", str(out), "--n_boot", "300",
-                                  "--ema_gamma", "0"]) == 0
+                                  "--ema_gamma", "0", "--scheme", "residuals"]) == 0
     for name in ("runs.csv", "isoflop_points.csv", "vertices.csv", "compute_optimal_laws.csv",
                  "parametric_fit.csv", "report.md", "isoflop_masked.png", "isoflop_uniform.png",
                  "frontier.png"):
@@ -466,5 +468,5 @@ def test_micro_study_report_finds_vertices_inside_the_size_range(tmp_path):
         for v, m_pred in zip(vertices, micro.predicted_m):
             assert v["interior"] and v["used"]
             assert abs(math.log(v["M_opt"] / m_pred)) < 0.3
-    assert {r["scheme"] for r in result["laws"]} == {"budgets"}   # 3 sizes: no residuals
+    assert {r["scheme"] for r in result["laws"]} == {"run"}   # the run-level default
     assert (tmp_path / "out" / "frontier.png").exists()

@@ -20,14 +20,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--metric", default="elbo", choices=("elbo", "eval_elbo", "loss"))
     parser.add_argument("--ema_gamma", type=float, default=curves.EMA_GAMMA)
-    parser.add_argument("--scheme", default="residuals", choices=("residuals", "budgets", "both"),
-                        help="Approach-2 bootstrap (see dlmjax.scaling.isoflop.approach2)")
+    parser.add_argument("--scheme", default="run",
+                        choices=("run", "residuals", "budgets", "both"),
+                        help="bootstrap of the intervals: run-level (default) or a point scheme "
+                             "(see docs/science.md)")
+    parser.add_argument("--delta", default="robust", choices=("robust", "paper"),
+                        help="Huber δ of the power laws: Huber's rule, or the study's (δ = 1)")
     parser.add_argument("--no_plots", action="store_true")
     args = parser.parse_args(argv)
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
     result = report.build_report(runs.find_run_dirs(args.run_dirs), args.out, budgets=budgets,
                                  n_boot=args.n_boot, seed=args.seed, metric=args.metric,
                                  ema_gamma=args.ema_gamma, scheme=args.scheme,
+                                 delta=None if args.delta == "robust" else "paper",
                                  make_plots=not args.no_plots)
     for path in result["files"]:
         print(path)

@@ -1,23 +1,23 @@
-"""`make scaling-demo`: a micro scaling study on CPU, end to end.
+"""`make scaling-demo`: a micro scaling study on CPU that measures exponents, end to end.
 
-Plans 6 sizes × 3 FLOP budgets × masked and uniform noise (dlmjax.scaling.plan), trains one
-run per (noise, size) long enough for every budget, then fits and writes the report
-(iso-FLOP parabolas, compute-optimal frontier, tables) to --out. Interrupt it at any time:
-finished runs are kept and an unfinished one resumes from its last checkpoint.
-
-The task is a small Markov chain (V = 64, 4 successors per state) on 32-token sequences: every
-size leaves its initial plateau within a few dozen steps, and the narrow models saturate well
-above the chain's entropy (the diffusion ELBO asks for inference across masked gaps, which
-needs width and depth), so each budget has an optimum inside the size range. A larger
-chain (V = 256, branching 8) or S = 128 costs every run a ~400-step plateau that the larger
-models cannot afford, and the smallest model wins at every CPU-sized budget.
+5 FLOP budgets spanning 1.5 decades × 8 sizes × masked and uniform noise on a synthetic Markov
+source with a known entropy (V = 64, 4 successors per state, 32-token rows). Each size trains
+once (no cooldown), as long as the largest budget whose prior optimum M*(C) = √C lies within
+[M/5, 16·M], so every budget has sizes on both sides of its vertex and no size trains
+longer than it is needed. The report (markdown, CSV, PNGs) gives Approach 2's exponents with
+run-level bootstrap intervals, Approach 3's E next to the source's entropy H, and whether
+uniform noise wants more parameters than masked at the same budget. Interrupt it at any time:
+finished runs are kept and an unfinished one resumes from its last checkpoint. Each run's wall
+time goes to RUN_DIR/wall_s.txt (and the report), so the cost of larger studies extrapolates.
 """
 
 import json
+import math
 import os
 import sys
 import time
 
+import numpy as np
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,15 +26,38 @@ _OUT = flags.DEFINE_string("out", "runs/scaling_demo", "Directory for the runs a
 _SOURCE = flags.DEFINE_string("data_source", "synthetic_markov",
                               "data.source of every run (synthetic_markov has a known entropy).")
 
-# At S = 32, M = 72·L·d² + 12·L·d·S spans 25k to 1.3M (1.7 decades; ×2 steps above 86k).
-SIZES = ((1, 16), (1, 32), (2, 32), (4, 32), (2, 64), (4, 64))
-BUDGETS = (2.5e11, 4.5e11, 8e11)
+# At S = 32, M = 72·L·d² + 12·L·d·S spans 7.7k to 2.8M (2.6 decades).
+SIZES = ((1, 8), (1, 16), (1, 32), (2, 32), (4, 32), (2, 64), (4, 64), (4, 96))
+BUDGETS = (1.3e10, 3.1e10, 7.1e10, 1.7e11, 4e11)      # 1.5 decades
 SEQ_LEN, VOCAB_SIZE, BATCH, LR = 32, 64, 64, 0.3
+NOISE_TYPES = ("masked", "uniform")
+# A size serves the budgets whose prior M* lies in [M/NEAR, M·FAR]: wide below, since the
+# optimum of small budgets may sit well under √C.
+NEAR, FAR = 5.0, 16.0
 # The report reads C off EMA-smoothed curves centred on their records, which end ~25 records
-# before the last step: the margin keeps max(BUDGETS) inside every curve.
+# before the last step: the margin keeps each run's largest budget inside its curve.
 MARGIN = 1.3
+# A size's budgets span up to ~1.4 decades of its own run; the curve fits start at 2% of it.
+SKIP_FRACTION = 0.02
 _BRANCHING = flags.DEFINE_integer("markov_branching", 4, "data.markov_branching (Markov source).")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 10_000, "Bootstrap resamples of the fits.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 2_000, "Bootstrap resamples of the fits.")
+
+
+def plan_points():
+    """GridPoints, one per (noise, size) that serves at least one budget."""
+    from dlmjax.scaling import flops, grid
+
+    points = []
+    for noise in NOISE_TYPES:
+        for num_layers, d_model in SIZES:
+            m = flops.flops_per_token(num_layers, d_model, SEQ_LEN)
+            served = [c for c in BUDGETS if math.sqrt(c) / FAR <= m <= NEAR * math.sqrt(c)]
+            if not served:
+                continue
+            steps = math.ceil(MARGIN * max(served) / (m * BATCH * SEQ_LEN))
+            points.append(grid.GridPoint(noise, num_layers, d_model, BATCH, LR,
+                                         steps * BATCH * SEQ_LEN, SEQ_LEN, VOCAB_SIZE))
+    return points
 
 
 def point_config(point, source, markov_branching=4):
@@ -53,7 +76,7 @@ def point_config(point, source, markov_branching=4):
     c.data.markov_branching = markov_branching
     c.optim.warmup_steps = 20
     # The loss-curve fit wants a few hundred logged points per run.
-    c.train.log_every = max(1, point.steps // 300)
+    c.train.log_every = max(1, point.steps // 400)
     c.train.eval_every = 0
     c.train.eval_batches = 2
     c.train.checkpoint_every = max(100, point.steps // 4)
@@ -72,41 +95,106 @@ def _finished(run_dir, steps):
     return bool(lines) and json.loads(lines[-1])["step"] >= steps
 
 
+def _wall_times(run_dirs):
+    out = {}
+    for d in run_dirs:
+        path = os.path.join(d, "wall_s.txt")
+        if os.path.exists(path):
+            with open(path) as f:
+                out[d] = float(f.read())
+    return out
+
+
+def _summary_markdown(result, points, run_dirs, entropy, n_boot):
+    """The demo's own section: exponents, E vs H, uniform vs masked M*, per-run cost."""
+    lines = ["", "## Micro study summary", ""]
+    h_rate, h_row = entropy["entropy_rate"], entropy["row_entropy_per_token"]
+    lines.append(f"Source: synthetic Markov chain, entropy rate H = {h_rate:.4f} nats/token; "
+                 f"entropy of a {SEQ_LEN}-token row per token {h_row:.4f} (the irreducible "
+                 "ELBO of independent rows). Intervals: run-level bootstrap, "
+                 f"{n_boot} resamples, 95%.")
+    lines += ["", "| noise | quantity | exponent | 95% interval | excludes 0 |",
+              "|---|---|---|---|---|"]
+    for row in result["laws"]:
+        excl = not (row["alpha_lo"] <= 0 <= row["alpha_hi"])
+        lines.append(f"| {row['noise']} | {row['quantity']}* | {row['alpha']:.4f} | "
+                     f"[{row['alpha_lo']:.4f}, {row['alpha_hi']:.4f}] | {excl} |")
+    lines += ["", "| noise | Approach 3 E | 95% interval | gap to row entropy | gap to H |",
+              "|---|---|---|---|---|"]
+    for row in result["parametric"]:
+        if row["param"] == "E":
+            lines.append(f"| {row['noise']} | {row['value']:.4f} | [{row['lo']:.4f}, "
+                         f"{row['hi']:.4f}] | {100 * (row['value'] / h_row - 1):+.2f}% | "
+                         f"{100 * (row['value'] / h_rate - 1):+.2f}% |")
+    fits = result["fits"]
+    if "masked" in fits and "uniform" in fits:
+        lines += ["", "M* at each budget (Approach 2 laws in D; P(uniform > masked) over "
+                  "independent resamples of the two laws):", "",
+                  "| C | M* masked | M* uniform | ratio | P(uniform > masked) |",
+                  "|---|---|---|---|---|"]
+        mm, mu = fits["masked"]["M_law"], fits["uniform"]["M_law"]
+        n = min(mm.A_samples.size, mu.A_samples.size)
+        for c in BUDGETS:
+            sm = mm.A_samples[:n] * c ** mm.alpha_samples[:n]
+            su = mu.A_samples[:n] * c ** mu.alpha_samples[:n]
+            lines.append(f"| {c:.2g} | {mm(c):.4g} | {mu(c):.4g} | {mu(c) / mm(c):.3f} | "
+                         f"{np.mean(su > sm):.3f} |")
+    walls = _wall_times(run_dirs)
+    if walls:
+        lines += ["", "Per-run cost (wall time on this machine, whatever its load):", "",
+                  "| run | steps | FLOPs (non-embedding) | wall s | s per 1e12 FLOPs |",
+                  "|---|---|---|---|---|"]
+        for p, d in zip(points, run_dirs):
+            if d in walls:
+                f = p.compute
+                lines.append(f"| {os.path.basename(d)} | {p.steps} | {f:.3g} | "
+                             f"{walls[d]:.0f} | {walls[d] / f * 1e12:.0f} |")
+        lines.append(f"\nTotal {sum(walls.values()) / 60:.1f} min of training.")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv):
     del argv
     import jax
     from tqdm import tqdm
 
     from dlmjax import config as config_lib
-    from dlmjax import train
-    from dlmjax.scaling import plan as plan_lib
+    from dlmjax import data, train
     from dlmjax.scaling import report
 
     logging.set_verbosity(logging.WARNING)
-    micro = plan_lib.plan_micro_study(BUDGETS, sizes=SIZES, seq_len=SEQ_LEN,
-                                      vocab_size=VOCAB_SIZE, batch=BATCH, lr=LR,
-                                      margin=MARGIN)
+    points = plan_points()
     runs_dir = os.path.join(_OUT.value, "runs")
     run_dirs = []
-    total = sum(p.compute for p in micro.points)
-    print(f"micro study: {len(micro.points)} runs, budgets "
-          f"{', '.join(f'{c:.2g}' for c in micro.budgets)} FLOPs, predicted M* "
-          f"{', '.join(f'{m:.2g}' for m in micro.predicted_m)}", flush=True)
+    total = sum(p.compute for p in points)
+    print(f"micro study: {len(points)} runs, budgets "
+          f"{', '.join(f'{c:.2g}' for c in BUDGETS)} FLOPs, {total:.3g} FLOPs in all",
+          flush=True)
     start = time.perf_counter()
+    config = None
     with tqdm(total=total, desc="study", unit="FLOP", unit_scale=True, position=0) as bar:
-        for point in micro.points:
+        for point in points:
             run_dir = os.path.join(runs_dir, f"{point.noise}-{point.size}")
             run_dirs.append(run_dir)
+            config = point_config(point, _SOURCE.value, _BRANCHING.value)
             if not _finished(run_dir, point.steps):
-                config = point_config(point, _SOURCE.value, _BRANCHING.value)
                 run = config_lib.derive(config, jax.device_count())
                 os.makedirs(run_dir, exist_ok=True)
                 with open(os.path.join(run_dir, "config.json"), "w") as f:
                     f.write(config.to_json(indent=2))
+                t0 = time.perf_counter()
                 train.train(run, run_dir)
+                # A resumed run adds its earlier wall time.
+                previous = _wall_times([run_dir]).get(run_dir, 0.0)
+                with open(os.path.join(run_dir, "wall_s.txt"), "w") as f:
+                    f.write(f"{previous + time.perf_counter() - t0:.1f}")
             bar.update(point.compute)
     print(f"trained in {(time.perf_counter() - start) / 60:.1f} min; fitting", flush=True)
-    report.micro_study_report(run_dirs, _OUT.value, micro, n_boot=_BOOTSTRAP.value)
+    result = report.build_report(run_dirs, _OUT.value, budgets=BUDGETS, n_boot=_BOOTSTRAP.value,
+                                 skip_fraction=SKIP_FRACTION)
+    entropy = data.known_entropy(config.data, SEQ_LEN)
+    with open(os.path.join(_OUT.value, "report.md"), "a") as f:
+        f.write(_summary_markdown(result, points, run_dirs, entropy, _BOOTSTRAP.value))
     print(f"report: {os.path.join(_OUT.value, 'report.md')}")
 
 

@@ -100,10 +100,39 @@ def _log_xy(x, y):
     return np.log(x), np.log(y)
 
 
-def fit_power_law(x, y, *, delta: float | None = None) -> tuple[float, float]:
-    """(A, alpha) of y = A·x^alpha by Huber regression on logs (delta None: Huber's rule)."""
+# The study's fits: scipy least_squares(loss="huber") with its default f_scale = 1 on log
+# residuals, i.e. Huber δ = 1 in log units (effectively least squares for such residuals).
+PAPER_DELTA = 1.0
+
+
+def resolve_delta(delta, log_x, log_y) -> tuple[float, str]:
+    """(δ, rule): None → Huber's rule on the residuals' MAD ("robust"), "paper" → 1 ("paper"),
+    a number → itself ("fixed")."""
+    if delta is None:
+        return default_delta(log_x, log_y), "robust"
+    if isinstance(delta, str):
+        if delta != "paper":
+            raise ValueError(f"delta must be None, 'paper' or a number, got {delta!r}")
+        return PAPER_DELTA, "paper"
+    return float(delta), "fixed"
+
+
+def fit_power_law(x, y, *, delta: float | str | None = None) -> tuple[float, float]:
+    """(A, alpha) of y = A·x^alpha by Huber regression on logs.
+
+    delta None: Huber's rule (k = 1.345 × MAD scale of the residuals); "paper": the study's
+    scipy least_squares(loss="huber", f_scale=1) on log residuals; a number: that δ.
+    """
     u, v = _log_xy(x, y)
-    delta = default_delta(u, v) if delta is None else delta
+    if delta == "paper":
+        import scipy.optimize
+
+        c0, s0 = _weighted_line(u, v, np.ones((1, u.size)))
+        sol = scipy.optimize.least_squares(lambda th: v - th[0] - th[1] * u,
+                                           [c0[0], s0[0]], loss="huber", f_scale=PAPER_DELTA,
+                                           xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        return float(np.exp(sol.x[0])), float(sol.x[1])
+    delta, _ = resolve_delta(delta, u, v)
     c, s = huber_line(u, v, np.ones((1, u.size)), delta)
     return float(np.exp(c[0])), float(s[0])
 
@@ -117,6 +146,8 @@ class PowerLawFit:
     A_samples: np.ndarray = dataclasses.field(repr=False)
     alpha_samples: np.ndarray = dataclasses.field(repr=False)
     delta: float = 0.0
+    delta_rule: str = "fixed"   # "robust" (Huber's rule), "paper" (δ = 1) or "fixed"
+    scheme: str = "points"      # the bootstrap that gave the intervals
 
     def __call__(self, x):
         return self.A * np.asarray(x, np.float64) ** self.alpha
@@ -128,23 +159,26 @@ class PowerLawFit:
         return percentile_interval(curves, level)
 
 
-def power_law_from_samples(A, alpha, A_samples, alpha_samples, delta, level=0.95) -> PowerLawFit:
+def power_law_from_samples(A, alpha, A_samples, alpha_samples, delta, level=0.95, *,
+                           delta_rule="fixed", scheme="points") -> PowerLawFit:
     ok = np.isfinite(A_samples) & np.isfinite(alpha_samples)
     A_samples, alpha_samples = A_samples[ok], alpha_samples[ok]
     return PowerLawFit(float(A), float(alpha),
                        tuple(map(float, percentile_interval(A_samples, level))),
                        tuple(map(float, percentile_interval(alpha_samples, level))),
-                       A_samples, alpha_samples, float(delta))
+                       A_samples, alpha_samples, float(delta), delta_rule, scheme)
 
 
 def bootstrap_power_law(x, y, *, n_boot: int = 10_000, seed: int = 0,
-                        delta: float | None = None, level: float = 0.95) -> PowerLawFit:
-    """Power law with percentile CIs from n_boot case resamples of the (x, y) points."""
+                        delta: float | str | None = None, level: float = 0.95) -> PowerLawFit:
+    """Power law with percentile CIs from n_boot case resamples of the (x, y) points
+    (delta as in fit_power_law; "paper" runs as the equivalent batched Huber δ = 1)."""
     u, v = _log_xy(x, y)
-    delta = default_delta(u, v) if delta is None else delta
+    delta, rule = resolve_delta(delta, u, v)
     c0, s0 = huber_line(u, v, np.ones((1, u.size)), delta)
     c, s = huber_line(u, v, bootstrap_counts(u.size, n_boot, seed), delta)
-    return power_law_from_samples(np.exp(c0[0]), s0[0], np.exp(c), s, delta, level)
+    return power_law_from_samples(np.exp(c0[0]), s0[0], np.exp(c), s, delta, level,
+                                  delta_rule=rule, scheme="points")
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,9 +200,14 @@ def _lse_terms(theta_Rx5, n_n, d_n, *, with_jac=True):
     return top + np.log(total), jac
 
 
+def _rows(y):
+    """Targets shared by every row, (n,) → (1, n), or one row each, (R, n) as is."""
+    return y if y.ndim == 2 else y[None]
+
+
 def _objective(theta_Rx5, n_n, d_n, y_n, w_Rxn, delta):
     pred, _ = _lse_terms(theta_Rx5, n_n, d_n, with_jac=False)
-    return (w_Rxn * huber(pred - y_n[None], delta)).sum(1)
+    return (w_Rxn * huber(pred - _rows(y_n), delta)).sum(1)
 
 
 def _lm_refine(theta_Rx5, n_n, d_n, y_n, w_Rxn, delta, *, max_iter=200, tol=1e-10):
@@ -182,8 +221,9 @@ def _lm_refine(theta_Rx5, n_n, d_n, y_n, w_Rxn, delta, *, max_iter=200, tol=1e-1
         if idx.size == 0:
             break
         th, w = theta[idx], w_Rxn[idx]
+        y_i = y_n[idx] if y_n.ndim == 2 else y_n
         pred, jac = _lse_terms(th, n_n, d_n)
-        r = pred - y_n[None]
+        r = pred - _rows(y_i)
         omega = w * np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-300))
         weighted_Rx5xn = (jac * omega[..., None]).transpose(0, 2, 1)
         grad = np.matmul(weighted_Rx5xn, r[..., None])[..., 0]
@@ -196,7 +236,7 @@ def _lm_refine(theta_Rx5, n_n, d_n, y_n, w_Rxn, delta, *, max_iter=200, tol=1e-1
             step = -np.matmul(np.linalg.pinv(damped), grad[..., None])[..., 0]
         cand = th + step
         cand[:, 3:] = np.maximum(cand[:, 3:], 1e-6)      # exponents stay positive
-        cand_obj = _objective(cand, n_n, d_n, y_n, w, delta)
+        cand_obj = _objective(cand, n_n, d_n, y_i, w, delta)
         better = np.isfinite(cand_obj) & (cand_obj <= obj[idx])
         gain = obj[idx] - np.where(better, cand_obj, obj[idx])
         theta[idx[better]] = cand[better]
@@ -333,15 +373,26 @@ class ParametricFit:
 
 def bootstrap_parametric(N, D, L, *, n_boot: int = 10_000, seed: int = 0,
                          delta: float = PARAMETRIC_DELTA, level: float = 0.95,
-                         num_starts: int = 64, chunk: int = 2_000) -> ParametricFit:
-    """fit_parametric plus percentile CIs from n_boot case resamples (batched refits)."""
+                         num_starts: int = 64, chunk: int = 2_000,
+                         loss_samples=None) -> ParametricFit:
+    """fit_parametric plus percentile CIs from batched refits: n_boot case resamples of the
+    points, or, given loss_samples (R, n) (run-level resamples of L, see runboot), one refit per
+    row of resampled losses on the same (N, D)."""
     n_n, d_n, y_n, n0, d0 = _prepare(N, D, L)
     theta0 = _fit_theta(n_n, d_n, y_n, delta, num_starts)
-    counts = bootstrap_counts(y_n.size, n_boot, seed)
+    if loss_samples is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y_Rxn = np.log(np.asarray(loss_samples, np.float64))
+        counts = np.isfinite(y_Rxn).astype(np.float64)
+        y_Rxn = np.where(counts > 0, y_Rxn, 0.0)
+        n_boot = y_Rxn.shape[0]
+    else:
+        y_Rxn, counts = None, bootstrap_counts(y_n.size, n_boot, seed)
     thetas = []
     for start in range(0, n_boot, chunk):
         w = counts[start:start + chunk]
-        th, _ = _lm_refine(np.repeat(theta0[None], len(w), 0), n_n, d_n, y_n, w, delta)
+        y = y_n if y_Rxn is None else y_Rxn[start:start + chunk]
+        th, _ = _lm_refine(np.repeat(theta0[None], len(w), 0), n_n, d_n, y, w, delta)
         thetas.append(th)
     th = np.concatenate(thetas)
     samples = {"A": np.exp(th[:, 0] + th[:, 3] * n0), "B": np.exp(th[:, 1] + th[:, 4] * d0),

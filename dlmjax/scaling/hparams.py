@@ -7,6 +7,11 @@ type), batch B, learning rate η, the target loss and the tokens D the run neede
 - optimal LR, for each batch: a parabola of log D in log η, its vertex η*(B).
 Only bracketed minima count (see loglog_vertex). Power laws B* = A·D*^α and
 η* = A·B^α are then fitted through the vertices of all groups (Huber on logs, bootstrap CIs).
+
+The study's η* law is the best LR *at the optimal batch* (`fit_lr_law_at_optimal_batch`): per
+(group, target), a line of log η*(B) in log B evaluated at that target's B*, then a power law over
+targets. Pooling every (target, batch) vertex (`fit_lr_law`) estimates the same exponent only when
+η* does not depend on the run length; it is kept as a diagnostic.
 """
 
 import numpy as np
@@ -102,9 +107,52 @@ def fit_batch_law(rows, *, n_boot: int = 10_000, seed: int = 0) -> fit.PowerLawF
 
 
 def fit_lr_law(rows, *, n_boot: int = 10_000, seed: int = 0) -> fit.PowerLawFit:
-    """η* = A·B^α through the optimal_lrs rows."""
+    """η* = A·B^α through all optimal_lrs rows pooled over targets: a diagnostic.
+
+    Not the study's estimand (that is `fit_lr_law_at_optimal_batch`): when η* falls with the run
+    length at fixed B, the pooled slope mixes that trend into the batch exponent.
+    """
     if len(rows) < 3 or len({r["batch"] for r in rows}) < 2:
         raise ValueError(
             f"an LR law needs ≥ 3 optimal-LR vertices over ≥ 2 batches, got {len(rows)}")
     return fit.bootstrap_power_law([r["batch"] for r in rows], [r["lr_opt"] for r in rows],
                                    n_boot=n_boot, seed=seed)
+
+
+def lr_at_optimal_batch(group, batch, lr, target, tokens) -> list[dict]:
+    """One row per (group, target) with both an optimal batch B* and LR vertices at ≥ 2 batches
+    whose range holds B*: group, target, batch_opt, lr_opt (the line of log η*(B) in log B at
+    B*), tokens_opt, num_batches."""
+    lr_rows = {}
+    for r in optimal_lrs(group, batch, lr, target, tokens):
+        lr_rows.setdefault((r["group"], r["target"]), []).append(r)
+    out = []
+    for b in optimal_batches(group, batch, lr, target, tokens):
+        rows = lr_rows.get((b["group"], b["target"]), [])
+        u = np.log([r["batch"] for r in rows])
+        if np.unique(u).size < 2:
+            continue
+        u_opt = np.log(b["batch_opt"])
+        if not u.min() <= u_opt <= u.max():
+            continue   # extrapolating the line would read η* off batches nobody swept
+        slope, intercept = np.polyfit(u, np.log([r["lr_opt"] for r in rows]), 1)
+        out.append({"group": b["group"], "target": b["target"], "batch_opt": b["batch_opt"],
+                    "lr_opt": float(np.exp(intercept + slope * u_opt)),
+                    "tokens_opt": b["tokens_opt"], "num_batches": int(np.unique(u).size)})
+    return out
+
+
+def fit_lr_law_at_optimal_batch(group, batch, lr, target, tokens, *, n_boot: int = 10_000,
+                                seed: int = 0, delta=None) -> fit.PowerLawFit:
+    """The study's η* = A·B^α (B in tokens): η* at each target's optimal batch B*, then a power
+    law over the targets (Huber on logs, percentile CIs from resampling the targets).
+
+    Takes the flat table of optimal_batches/optimal_lrs (tokens NaN where a run never reached the
+    target); see lr_at_optimal_batch for the per-target points.
+    """
+    rows = lr_at_optimal_batch(group, batch, lr, target, tokens)
+    if len(rows) < 3:
+        raise ValueError(f"an LR law at the optimal batch needs ≥ 3 targets with B* and LR "
+                         f"vertices around it, got {len(rows)}")
+    return fit.bootstrap_power_law([r["batch_opt"] for r in rows], [r["lr_opt"] for r in rows],
+                                   n_boot=n_boot, seed=seed, delta=delta)

@@ -129,54 +129,87 @@ def _law_samples(log_c, log_y_RxK, counts_RxK, delta):
     return np.where(enough, np.exp(c), np.nan), np.where(enough, s, np.nan)
 
 
-BOOTSTRAP_SCHEMES = ("residuals", "budgets", "both")
+BOOTSTRAP_SCHEMES = ("run", "residuals", "budgets", "both")
+
+
+def resampled_vertices(compute, x, loss_samples_Rxn):
+    """(log x*, log L*) of shape (R, K): every budget's parabola refitted on each row of
+    resampled losses (the run-level bootstrap, dlmjax/scaling/runboot.py)."""
+    compute, x = np.asarray(compute, np.float64).ravel(), np.asarray(x, np.float64).ravel()
+    loss_samples_Rxn = np.asarray(loss_samples_Rxn, np.float64)
+    budgets = np.unique(compute)
+    log_x = np.empty((loss_samples_Rxn.shape[0], budgets.size))
+    log_l = np.empty_like(log_x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_loss = np.log(loss_samples_Rxn)
+    for k, c in enumerate(budgets):
+        sel = compute == c
+        u = np.log(x[sel])
+        centre = u.mean()
+        coef_R = log_loss[:, sel] @ np.linalg.pinv(_design(u - centre)).T
+        log_x[:, k], log_l[:, k] = _vertex(coef_R, centre)
+    return budgets, log_x, log_l
 
 
 def approach2(compute, x, loss, *, n_boot: int = 10_000, seed: int = 0,
-              delta: float | None = None, level: float = 0.95, interior_only: bool = True,
-              scheme: str = "residuals") -> Approach2Fit:
+              delta: float | str | None = None, level: float = 0.95, interior_only: bool = True,
+              scheme: str | None = None, loss_samples=None) -> Approach2Fit:
     """Vertices per budget, then x*(C) and L*(C) power laws with bootstrap CIs.
 
-    scheme "residuals": redraw the parabolas' pooled residuals, refit every vertex, fit the laws
-    through all budgets (calibrated when the vertices follow the law up to the losses' noise);
-    "budgets": redraw the vertex points themselves (the classic resampling; narrow with few
-    budgets); "both": both at once (conservative: counts the vertex noise twice). With 3 points
-    per budget there are no residuals and "residuals" falls back to "budgets".
-    interior_only drops budgets whose vertex is not a minimum inside their sampled x range.
+    scheme "run" (the default when loss_samples is given): loss_samples (R, n) are run-level
+    resamples of the n iso-FLOP losses (runboot.isoflop_loss_samples); every vertex and law is
+    refitted on each row, so errors shared by a run's points stay shared. The others need only
+    the points: "residuals" (the default without loss_samples) redraws the parabolas' pooled
+    residuals as if every point were independent; "budgets" redraws the vertex points
+    themselves (the study's scheme; narrow with few budgets); "both" does both at once. With 3
+    points per budget there are no residuals and "residuals" falls back to "budgets".
+    delta: see fit.fit_power_law. interior_only drops budgets whose vertex is not a minimum
+    inside their sampled x range.
     """
+    if scheme is None:
+        scheme = "run" if loss_samples is not None else "residuals"
     if scheme not in BOOTSTRAP_SCHEMES:
         raise ValueError(f"scheme {scheme!r} is not one of {BOOTSTRAP_SCHEMES}")
+    if scheme == "run" and loss_samples is None:
+        raise ValueError("scheme 'run' needs loss_samples (runboot.isoflop_loss_samples)")
     vertices = fit_vertices(compute, x, loss)
     used = vertices.interior if interior_only else np.isfinite(vertices.x_opt)
     if used.sum() < 2:
         raise ValueError(f"only {int(used.sum())} budget(s) have a usable vertex; need ≥ 2")
     log_c = np.log(vertices.compute[used])
     log_x, log_l = np.log(vertices.x_opt[used]), np.log(vertices.loss_opt[used])
-    delta_x = fit.default_delta(log_c, log_x) if delta is None else delta
-    delta_l = fit.default_delta(log_c, log_l) if delta is None else delta
+    delta_x, rule = fit.resolve_delta(delta, log_c, log_x)
+    delta_l, _ = fit.resolve_delta(delta, log_c, log_l)
     ones = np.ones((1, log_c.size))
     cx, sx = fit.huber_line(log_c, log_x, ones, delta_x)
     cl, sl = fit.huber_line(log_c, log_l, ones, delta_l)
 
-    _, boot_x, boot_l, dof = bootstrap_vertices(compute, x, loss, n_boot=n_boot, seed=seed)
+    if scheme == "run":
+        _, boot_x, boot_l = resampled_vertices(compute, x, loss_samples)
+        dof = None
+    else:
+        _, boot_x, boot_l, dof = bootstrap_vertices(compute, x, loss, n_boot=n_boot, seed=seed)
     boot_x, boot_l = boot_x[:, used], boot_l[:, used]
     if scheme == "residuals" and dof == 0:
         scheme = "budgets"
     if scheme == "budgets":
         boot_x = np.broadcast_to(log_x, boot_x.shape)
         boot_l = np.broadcast_to(log_l, boot_l.shape)
-    counts = (np.ones((n_boot, log_c.size)) if scheme == "residuals"
+    counts = (np.ones(boot_x.shape) if scheme in ("residuals", "run")
               else fit.bootstrap_counts(log_c.size, n_boot, seed + 1))
     ax, alx = _law_samples(log_c, boot_x, counts, delta_x)
     al, all_ = _law_samples(log_c, boot_l, counts, delta_l)
     return Approach2Fit(
         vertices, used,
-        fit.power_law_from_samples(np.exp(cx[0]), sx[0], ax, alx, delta_x, level),
-        fit.power_law_from_samples(np.exp(cl[0]), sl[0], al, all_, delta_l, level), scheme)
+        fit.power_law_from_samples(np.exp(cx[0]), sx[0], ax, alx, delta_x, level,
+                                   delta_rule=rule, scheme=scheme),
+        fit.power_law_from_samples(np.exp(cl[0]), sl[0], al, all_, delta_l, level,
+                                   delta_rule=rule, scheme=scheme), scheme)
 
 
 def flops_law_from_tokens_law(tokens_law: fit.PowerLawFit) -> fit.PowerLawFit:
     """M* = C/D*: A_M = 1/A_D and α_M = 1 − α_D, sample by sample (so M*·D* = C exactly)."""
     return fit.power_law_from_samples(
         1.0 / tokens_law.A, 1.0 - tokens_law.alpha, 1.0 / tokens_law.A_samples,
-        1.0 - tokens_law.alpha_samples, tokens_law.delta)
+        1.0 - tokens_law.alpha_samples, tokens_law.delta, delta_rule=tokens_law.delta_rule,
+        scheme=tokens_law.scheme)

@@ -17,7 +17,7 @@ import os
 import numpy as np
 from absl import logging
 
-from dlmjax.scaling import curves, fit, hparams, isoflop, laws, plan, plots, runs
+from dlmjax.scaling import curves, fit, hparams, isoflop, laws, plan, plots, runboot, runs
 
 SKIP_FRACTION = 0.1
 
@@ -38,6 +38,11 @@ class RunSummary:
     flops: float                # at the last logged step
     final_loss: float           # smoothed metric at the last logged step
     curve: curves.LossCurve
+    # The fit's inputs, for the run-level bootstrap (dlmjax/scaling/runboot.py).
+    steps: np.ndarray = dataclasses.field(default=None, repr=False)     # logged steps
+    values: np.ndarray = dataclasses.field(default=None, repr=False)    # raw metric values
+    keep: np.ndarray = dataclasses.field(default=None, repr=False)      # records in the fit
+    ema_gamma: float = curves.EMA_GAMMA
 
     @property
     def size(self) -> str:
@@ -79,7 +84,8 @@ def summarize_run(run: runs.Run, *, metric: str = "elbo", ema_gamma: float = cur
     point = run.point
     return RunSummary(run.path, point.noise, point.num_layers, point.d_model, point.batch,
                       point.lr, point.seq_len, point.params, point.flops_per_token,
-                      int(step_last), tokens_last, flops_last, float(smoothed[-1]), curve)
+                      int(step_last), tokens_last, flops_last, float(smoothed[-1]), curve,
+                      steps, values, keep, ema_gamma)
 
 
 def choose_budgets(summaries, *, num_budgets: int = 8, min_sizes: int = 3) -> np.ndarray:
@@ -129,21 +135,26 @@ def _law_row(noise, quantity, law: fit.PowerLawFit, num_budgets, scheme) -> dict
     return {"noise": noise, "quantity": quantity, "A": law.A, "alpha": law.alpha,
             "A_lo": law.A_ci[0], "A_hi": law.A_ci[1], "alpha_lo": law.alpha_ci[0],
             "alpha_hi": law.alpha_ci[1], "num_points": num_budgets,
-            "num_resamples": int(law.alpha_samples.size), "scheme": scheme}
+            "num_resamples": int(law.alpha_samples.size), "scheme": scheme,
+            "delta": f"{law.delta_rule} ({law.delta:.3g})"}
 
 
-def compute_optimal_fits(points, *, n_boot: int, seed: int, scheme: str) -> dict:
-    """Approach 2 in D (→ D*, M*, L*) and in P (→ P*) for one noise type's iso-FLOP points."""
+def compute_optimal_fits(points, *, n_boot: int, seed: int, scheme: str, loss_samples=None,
+                         delta=None) -> dict:
+    """Approach 2 in D (→ D*, M*, L*) and in P (→ P*) for one noise type's iso-FLOP points
+    (loss_samples: run-level resamples of their losses, for scheme "run")."""
     c = np.array([p["compute"] for p in points])
     loss = np.array([p["loss"] for p in points])
     tokens = np.array([p["tokens"] for p in points])
     params = np.array([p["params"] for p in points], np.float64)
     out = {}
-    in_d = isoflop.approach2(c, tokens, loss, n_boot=n_boot, seed=seed, scheme=scheme)
+    kwargs = dict(n_boot=n_boot, scheme=scheme, delta=delta,
+                  loss_samples=loss_samples if scheme == "run" else None)
+    in_d = isoflop.approach2(c, tokens, loss, seed=seed, **kwargs)
     out["D"] = in_d
     out["M_law"] = isoflop.flops_law_from_tokens_law(in_d.x_law)
     try:
-        out["P"] = isoflop.approach2(c, params, loss, n_boot=n_boot, seed=seed + 7, scheme=scheme)
+        out["P"] = isoflop.approach2(c, params, loss, seed=seed + 7, **kwargs)
     except ValueError as err:
         logging.info("no P* law: %s", err)
     return out
@@ -172,11 +183,14 @@ def _md_table(rows: list[dict], columns: list[str]) -> str:
 
 def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, seed: int = 0,
                  metric: str = "elbo", ema_gamma: float = curves.EMA_GAMMA,
-                 skip_fraction: float = SKIP_FRACTION, scheme: str = "residuals",
-                 num_targets: int = 8, make_plots: bool = True) -> dict:
+                 skip_fraction: float = SKIP_FRACTION, scheme: str = "run",
+                 num_targets: int = 8, make_plots: bool = True, delta=None) -> dict:
     """Read finished runs, fit everything, write tables and figures to out_dir; return them.
 
     budgets: FLOP budgets for the iso-FLOP analysis (default: choose_budgets per noise type).
+    scheme: the bootstrap of the compute-optimal intervals, "run" (default: block-resample every
+    run's curve, see runboot) or one of isoflop.BOOTSTRAP_SCHEMES' point schemes.
+    delta: the power laws' Huber δ (None: robust rule; "paper": the study's; see fit).
     The returned dict holds the tables (lists of row dicts), the fits, notes on what was
     skipped and why, and the paths written.
     """
@@ -187,7 +201,8 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
                                skip_fraction=skip_fraction) for d in run_dirs]
     result = {"summaries": summaries, "notes": [], "files": [], "budgets": {},
               "isoflop_points": [], "vertices": [], "laws": [], "parametric": [],
-              "batch_vertices": [], "lr_vertices": [], "hparam_laws": [], "fits": {}}
+              "batch_vertices": [], "lr_vertices": [], "lr_at_optimal_batch": [],
+              "hparam_laws": [], "fits": {}}
     notes, files = result["notes"], result["files"]
 
     run_rows = [{"run": s.path, "noise": s.noise, "size": s.size, "params": s.params,
@@ -211,8 +226,12 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
         if len({p["compute"] for p in points}) < 2:
             notes.append(f"{noise}: fewer than 2 budgets reached by ≥ 3 sizes; no iso-FLOP fits")
             continue
+        loss_samples = None
+        if scheme == "run":
+            loss_samples = runboot.isoflop_loss_samples(group, points, n_boot=n_boot, seed=seed)
         try:
-            fits = compute_optimal_fits(points, n_boot=n_boot, seed=seed, scheme=scheme)
+            fits = compute_optimal_fits(points, n_boot=n_boot, seed=seed, scheme=scheme,
+                                        loss_samples=loss_samples, delta=delta)
         except ValueError as err:
             notes.append(f"{noise}: approach 2 skipped ({err})")
             continue
@@ -244,7 +263,8 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
         try:
             par = fit.bootstrap_parametric([p["flops_per_token"] for p in points],
                                            [p["tokens"] for p in points],
-                                           [p["loss"] for p in points], n_boot=n_boot, seed=seed)
+                                           [p["loss"] for p in points], n_boot=n_boot, seed=seed,
+                                           loss_samples=loss_samples)
         except ValueError as err:
             notes.append(f"{noise}: approach 3 skipped ({err})")
             continue
@@ -262,6 +282,7 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
     for name, key in (("isoflop_points.csv", "isoflop_points"), ("vertices.csv", "vertices"),
                       ("compute_optimal_laws.csv", "laws"), ("parametric_fit.csv", "parametric"),
                       ("batch_vertices.csv", "batch_vertices"), ("lr_vertices.csv", "lr_vertices"),
+                      ("lr_at_optimal_batch.csv", "lr_at_optimal_batch"),
                       ("hyperparameter_laws.csv", "hparam_laws")):
         if result[key]:
             files.append(_write_csv(os.path.join(out_dir, name), result[key]))
@@ -276,9 +297,9 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
             ylabel="optimal batch B* (tokens)", title="optimal batch size",
             groups=[r["group"] for r in rows], published=laws.BATCH_LAW))
     if make_plots and "lr_law" in result["fits"]:
-        rows, law = result["lr_vertices"], result["fits"]["lr_law"]
+        rows, law = result["lr_at_optimal_batch"], result["fits"]["lr_law"]
         files.append(plots.plot_power_law(
-            os.path.join(out_dir, "lr_law.png"), [r["batch"] for r in rows],
+            os.path.join(out_dir, "lr_law.png"), [r["batch_opt"] for r in rows],
             [r["lr_opt"] for r in rows], law, xlabel="batch B (tokens)",
             ylabel="optimal learning rate η*", title="optimal learning rate",
             groups=[r["group"] for r in rows], published=laws.LR_LAW))
@@ -308,16 +329,23 @@ def _hyperparameter_laws(summaries, result, *, n_boot, seed, num_targets):
                 cols["tokens"].append(float(m.curve.tokens_to_loss(target)))
     result["batch_vertices"] = hparams.optimal_batches(**cols)
     result["lr_vertices"] = hparams.optimal_lrs(**cols)
+    result["lr_at_optimal_batch"] = hparams.lr_at_optimal_batch(**cols)
+    # The study's η* law is the LR at the optimal batch; the pooled one is a diagnostic.
     for name, rows, fitter, quantity in (
             ("batch_law", result["batch_vertices"], hparams.fit_batch_law, "B*(D) tokens"),
-            ("lr_law", result["lr_vertices"], hparams.fit_lr_law, "eta*(B tokens)")):
+            ("lr_law", result["lr_at_optimal_batch"],
+             lambda rows, **kw: hparams.fit_lr_law_at_optimal_batch(**cols, **kw),
+             "eta*(B tokens)"),
+            ("lr_law_pooled", result["lr_vertices"], hparams.fit_lr_law,
+             "eta*(B tokens) pooled (diagnostic)")):
         try:
             law = fitter(rows, n_boot=n_boot, seed=seed)
         except ValueError as err:
             result["notes"].append(f"{name} skipped ({err})")
             continue
         result["fits"][name] = law
-        result["hparam_laws"].append(_law_row("all", quantity, law, len(rows), "points"))
+        result["hparam_laws"].append(_law_row("all", quantity, law, len(rows),
+                                              "targets (case resampling)"))
 
 
 def _write_markdown(path: str, result: dict) -> str:
@@ -337,7 +365,12 @@ def _write_markdown(path: str, result: dict) -> str:
         parts += ["## Compute-optimal laws y = A·C^α (95% bootstrap CIs)", "",
                   _md_table(result["laws"], ["noise", "quantity", "A", "alpha", "alpha_lo",
                                              "alpha_hi", "A_lo", "A_hi", "num_points",
-                                             "num_resamples", "scheme"]), "",
+                                             "num_resamples", "scheme", "delta"]), "",
+                  "scheme: the bootstrap behind the intervals (run: every run's curve "
+                  "block-resampled and refitted, the default; residuals/budgets/both: "
+                  "point resamplings that treat a run's iso-FLOP points as independent). "
+                  "delta: the Huber δ of the power laws on logs (robust: Huber's rule on the "
+                  "residuals' MAD; paper: δ = 1 as in the study's scipy fits).", "",
                   "Published (no cooldown): " + "; ".join(
                       f"{n} {q}* = {law.A:.4g}·C^{law.alpha:.4g}"
                       for n, d in laws.COMPUTE_OPTIMAL_LAWS.items() for q, law in d.items()), ""]
@@ -349,7 +382,11 @@ def _write_markdown(path: str, result: dict) -> str:
                   _md_table(result["hparam_laws"], ["quantity", "A", "alpha", "alpha_lo",
                                                     "alpha_hi", "num_points"]), "",
                   f"Published: B* = {laws.BATCH_LAW.A:.4g}·D^{laws.BATCH_LAW.alpha}, "
-                  f"η* = {laws.LR_LAW.A:.4g}·B^{laws.LR_LAW.alpha}", ""]
+                  f"η* = {laws.LR_LAW.A:.4g}·B^{laws.LR_LAW.alpha}", "",
+                  "η*(B) is the study's estimand: the best LR at each target's optimal batch B* "
+                  "(a line of log η* in log B per target, read at B*), then a power law over "
+                  "targets. The pooled row fits every (target, batch) vertex at once; it differs "
+                  "when η* depends on the run length. Intervals resample the targets.", ""]
     figures = [f for f in result["files"] if f.endswith(".png")]
     if figures:
         parts += ["## Figures", ""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})"

@@ -6,8 +6,10 @@ RUN_DIR/config.json   the full experiment config as nested JSON; read here: mode
                       present, optim.warmup_steps.
 RUN_DIR/metrics.jsonl one JSON object per logged step: "step", "tokens" (cumulative training
                       tokens), "flops" (cumulative non-embedding training FLOPs, deepseek
-                      convention), "loss", "elbo" (training ELBO, nats/token) and, on eval
-                      steps, "eval_elbo"; other fields are ignored.
+                      convention), "loss", "elbo" (training ELBO, nats/token, over the rows
+                      with one λ and no prompt: a true ELBO; NaN in a step without such rows,
+                      skipped by the fits) and, on eval steps, "eval_elbo"; other fields
+                      (e.g. "elbo_all_rows", see docs/science.md) are ignored.
 """
 
 import dataclasses

@@ -38,12 +38,20 @@ def parametric_losses(params: dict, N, D, *, sigma: float, rng):
 
 
 def sweep_tokens(target, batch_tokens, lr, *, optimal_tokens_fn, batch_curvature: float,
-                 lr_curvature: float):
+                 lr_curvature: float, lr_batch_exponent: float | None = None):
     """Tokens needed to reach a loss with batch B and LR η when the study's laws hold:
-    D = D₀·exp(κ_B·ln²(B/B*(D₀)) + κ_η·ln²(η/η*(B))), D₀ = optimal_tokens_fn(target)."""
+    D = D₀·exp(κ_B·ln²(B/B*(D₀)) + κ_η·ln²(η/η*(B, D₀))), D₀ = optimal_tokens_fn(target).
+
+    η*(B, D₀) = η*_law(B*(D₀))·(B/B*(D₀))^γ: the published LR law holds along B*(D). With
+    γ = lr_batch_exponent ≠ the law's exponent (None: equal, so η* ignores the run length),
+    η* at a fixed B falls with the run length when γ > the law's exponent.
+    """
     d0 = optimal_tokens_fn(np.asarray(target, np.float64))
-    log_b = np.log(np.asarray(batch_tokens, np.float64) / laws.optimal_batch_tokens(d0))
-    log_lr = np.log(np.asarray(lr, np.float64) / laws.optimal_lr(batch_tokens))
+    b_opt = laws.optimal_batch_tokens(d0)
+    gamma = laws.LR_LAW.alpha if lr_batch_exponent is None else lr_batch_exponent
+    lr_opt = laws.optimal_lr(b_opt) * (np.asarray(batch_tokens, np.float64) / b_opt) ** gamma
+    log_b = np.log(np.asarray(batch_tokens, np.float64) / b_opt)
+    log_lr = np.log(np.asarray(lr, np.float64) / lr_opt)
     return d0 * np.exp(batch_curvature * log_b**2 + lr_curvature * log_lr**2)
 
 
