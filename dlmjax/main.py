@@ -26,6 +26,10 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for multi-process runs by hand.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "train: resume although the config differs from the run's "
+    "config.json beyond steps/cadences/sampling/mesh/logging (the change is recorded); "
+    "eval: evaluate under another noise type or objective than the run was trained with.")
 _DESCRIBE_DEVICES = flags.DEFINE_integer(
     "describe_devices", 0, "describe: devices of the target mesh (0 = config mesh.num_devices).")
 
@@ -101,27 +105,40 @@ def main(argv):
     workdir = _require_workdir()
     if _MODE.value == "train":
         _train(run, config, workdir)
-    elif _MODE.value == "eval":
-        from dlmjax import evaluation
+        return
+    from dlmjax import runlock
 
-        print(json.dumps(evaluation.evaluate_checkpoint(run, workdir), indent=2))
-    elif _MODE.value == "sample":
-        _sample(run, workdir)
+    with runlock.held(workdir, _MODE.value):  # eval and sample write into the run directory
+        if _MODE.value == "eval":
+            from dlmjax import evaluation
+
+            print(json.dumps(evaluation.evaluate_checkpoint(
+                run, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value), indent=2))
+        elif _MODE.value == "sample":
+            _sample(run, workdir)
 
 
 def _train(run, config, workdir):
     import jax
 
-    from dlmjax import evaluation, fs, train
+    from dlmjax import fs, runlock
 
     fs.makedirs(workdir)
-    from dlmjax import data
+    if jax.process_index() != 0:
+        return _train_owned(run, config, workdir)
+    with runlock.held(workdir, "train"):  # before anything is written: one owner per run dir
+        _train_owned(run, config, workdir)
 
+
+def _train_owned(run, config, workdir):
+    import jax
+
+    from dlmjax import data, evaluation, rundir, train
+
+    owner = jax.process_index() == 0
     # The tokenizer goes into workdir/tokenizer.json and its hash into config.json.
-    config.data.tokenizer_sha256 = data.record_tokenizer(config.data, workdir,
-                                                         write=jax.process_index() == 0)
-    if jax.process_index() == 0:
-        fs.write_text_atomic(fs.join(workdir, "config.json"), config.to_json(indent=2))
+    config.data.tokenizer_sha256 = data.record_tokenizer(config.data, workdir, write=owner)
+    rundir.claim_config(workdir, config, allow_change=_ALLOW_CONFIG_CHANGE.value, write=owner)
     state = train.train(run, workdir)
     step = int(state["step"])
     # Sampling gathers tokens to the host, which one process can do only for its own shards.
@@ -166,8 +183,10 @@ def _unknown_override(error):
 
 
 def run_main():
+    from dlmjax import rundir
     from dlmjax.config import ConfigError
 
+    sys.argv = rundir.argv_with_run_config(sys.argv)  # --workdir alone: the run's config.json
     try:
         app.run(main)
     except ConfigError as e:
