@@ -24,7 +24,7 @@ from dlmjax import fs
 CHECKSUM_FILE = "checksums.json"
 QUARANTINE_DIR = "checkpoints_corrupt"  # beside checkpoints/: unusable steps moved out of the way
 _TMP_MARKER = ".orbax-checkpoint-tmp"
-_pending = {}  # id(manager) → [(step, checksums)] saved but not yet known to be committed
+_PENDING = "_dlmjax_pending_checksums"  # manager attribute: [(step, checksums)] not yet recorded
 
 
 class CheckpointError(RuntimeError):
@@ -84,16 +84,18 @@ def save(manager, step, state, data_iterator=None, *, force=False) -> bool:
         args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     saved = manager.save(step, args=ocp.args.Composite(**args), force=force)
     if saved:
-        _pending.setdefault(id(manager), []).append((step, sums))
+        setattr(manager, _PENDING, [*getattr(manager, _PENDING, []), (step, sums)])
     return saved
 
 
 def finish(manager, *, wait=True) -> None:
     """Records the checksums of every save orbax has committed; `wait` for the one in flight.
     Call before exiting (every exit path): an abandoned async save is lost."""
-    if wait or _pending.get(id(manager)):
+    pending = getattr(manager, _PENDING, [])
+    if wait or pending:
         manager.wait_until_finished()
-    for step, sums in _pending.pop(id(manager), []):
+    setattr(manager, _PENDING, [])
+    for step, sums in pending:
         if jax.process_index() == 0 and fs.isdir(_step_dir(manager, step)):
             fs.write_text_atomic(fs.join(_step_dir(manager, step), CHECKSUM_FILE),
                                  json.dumps({"step": step, "leaves": sums}) + "\n")

@@ -279,3 +279,21 @@ def test_eval_and_sample_with_the_workdir_alone(lone):
 
         evaluation.check_identity(config_lib.derive(_config(**{"noise.type": "masked"}), 8),
                                   lone)
+
+
+def test_bucket_lock_is_create_if_absent(gcs):
+    workdir = gcs.fresh_prefix()
+    path = runlock.lock_path(workdir)
+    holder = {"hostname": socket.gethostname(), "pid": os.getppid(), "started": 0}
+    from dlmjax import fs
+
+    fs.create_exclusive(path, json.dumps(holder).encode())
+    with pytest.raises(FileExistsError):  # the precondition ifGenerationMatch=0
+        fs.create_exclusive(path, b"{}")
+    with pytest.raises(runlock.RunLocked, match=f"in use by {socket.gethostname()}:"):
+        runlock.acquire(workdir)
+    fs.remove(path)
+    runlock.acquire(workdir)
+    assert json.loads(fs.read_text(path))["pid"] == os.getpid()
+    runlock.release(workdir)
+    assert not fs.exists(path)
