@@ -148,10 +148,11 @@ def restore_verified(manager, abstract_state, data_iterator=None, *, quarantine=
     """(state, step) of the newest checkpoint that reads and matches its checksums.
 
     Unusable newer ones are skipped with one warning each; with `quarantine` (the run's owner)
-    they are moved to QUARANTINE_DIR beside the checkpoints, so training can save those steps
-    again. CheckpointError when none is usable.
+    they are moved to QUARANTINE_DIR beside the checkpoints once an older one has restored, so
+    training can save those steps again (nothing moves when none restores: then the fault is
+    likelier the config than the files). CheckpointError when none is usable.
     """
-    problems = []
+    problems, bad = [], []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
             state = restore(manager, abstract_state, data_iterator, step)
@@ -163,14 +164,15 @@ def restore_verified(manager, abstract_state, data_iterator=None, *, quarantine=
                 logging.info("checkpoint %s has no %s (saved before verification or "
                              "interrupted before it was recorded): restored unverified",
                              _step_dir(manager, step), CHECKSUM_FILE)
-            if problems and quarantine:
+            if bad and quarantine:
+                for b in bad:
+                    _move_aside(manager, b)
                 manager.reload()
             return state, step
         logging.warning("checkpoint %s is unusable: %s; falling back to an older one",
                         _step_dir(manager, step), problem)
         problems.append(f"step {step}: {problem}")
-        if quarantine:
-            _move_aside(manager, step)
+        bad.append(step)
     raise CheckpointError(f"no usable checkpoint in {manager.directory}: "
                           + "; ".join(problems))
 

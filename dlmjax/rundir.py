@@ -1,8 +1,11 @@
 """The run directory: what a workdir holds, and the training config it was made with.
 
     workdir/config.json        the experiment config (ml_collections JSON), the run's identity
+    workdir/config_changes.jsonl  changes accepted on resume (claim_config)
+    workdir/lock.json          the process that owns the run directory (dlmjax.runlock)
     workdir/metrics.jsonl      one JSON object per logged step
-    workdir/checkpoints/<N>/   orbax checkpoints
+    workdir/checkpoints/<N>/   orbax checkpoints, with checksums.json (dlmjax.checkpoint)
+    workdir/checkpoints_corrupt/  checkpoints that failed verification, moved out of the way
     workdir/tensorboard/       event files
     workdir/samples_step<N>.txt, eval_step<N>.json
 
@@ -98,16 +101,21 @@ def config_differences(old: dict, new: dict) -> dict:
     return {k: (a[k], b[k]) for k in sorted(a.keys() & b.keys()) if a[k] != b[k]}
 
 
-def claim_config(workdir, config, *, allow_change=False, step=None, write=True):
-    """Makes config.json the run's identity: written once (atomically) for a new run; on a resume
-    the new config is compared with it first. A change outside ALLOWED_CHANGES raises
-    ConfigChanged listing the keys, leaving config.json as it was, unless `allow_change`; an
-    accepted change rewrites config.json and is appended to config_changes.jsonl."""
+def has_checkpoint(workdir: str) -> bool:
+    return any(name.isdigit() for name in fs.listdir(fs.join(workdir, CHECKPOINT_DIR)))
+
+
+def claim_config(workdir, config, *, allow_change=False, write=True):
+    """Makes config.json the run's identity: written atomically while nothing is trained under
+    it (no checkpoint yet); on a resume the new config is compared with it first. A change
+    outside ALLOWED_CHANGES raises ConfigError listing the keys and leaves config.json as it
+    was, unless `allow_change`; an accepted change rewrites config.json and is appended to
+    config_changes.jsonl. Returns {key: (old, new)}."""
     from dlmjax.config import ConfigError
 
     path = config_path(workdir)
     text = config.to_json(indent=2)
-    if not fs.isfile(path):
+    if not fs.isfile(path) or not has_checkpoint(workdir):  # nothing trained under it yet
         if write:
             fs.write_text_atomic(path, text)
         return {}
@@ -126,7 +134,7 @@ def claim_config(workdir, config, *, allow_change=False, step=None, write=True):
 
         changes_path = fs.join(workdir, CHANGES_FILE)
         before = fs.read_text(changes_path) if fs.isfile(changes_path) else ""
-        record = {"time": time.time(), "resumed_from_step": step, "forced": bool(refused),
+        record = {"time": time.time(), "forced": bool(refused),
                   "changes": {k: {"old": o, "new": n} for k, (o, n) in changes.items()}}
         fs.write_text_atomic(changes_path, before + json.dumps(record) + "\n")
         fs.write_text_atomic(path, text)
