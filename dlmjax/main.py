@@ -108,14 +108,14 @@ def main(argv):
         return
     from dlmjax import runlock
 
-    with runlock.held(workdir, _MODE.value):  # eval and sample write into the run directory
-        if _MODE.value == "eval":
-            from dlmjax import evaluation
+    runlock.check_unowned(workdir, _MODE.value)  # they write into the run directory too
+    if _MODE.value == "eval":
+        from dlmjax import evaluation
 
-            print(json.dumps(evaluation.evaluate_checkpoint(
-                run, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value), indent=2))
-        elif _MODE.value == "sample":
-            _sample(run, workdir)
+        print(json.dumps(evaluation.evaluate_checkpoint(
+            run, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value), indent=2))
+    elif _MODE.value == "sample":
+        _sample(run, workdir)
 
 
 def _train(run, config, workdir):

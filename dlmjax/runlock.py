@@ -1,9 +1,10 @@
 """One owner per run directory: workdir/lock.json, created exclusively and held for the run.
 
 Two trainers on one workdir would interleave metrics.jsonl and overwrite each other's
-checkpoints, so the second one (or an eval/sample that writes into the workdir) is refused with
-the holder's host:pid. The file is created with create-if-absent semantics (a hard link locally,
-an upload with the GCS precondition ifGenerationMatch=0 in a bucket), so of two starters exactly
+checkpoints, so the second one is refused with the holder's host:pid; so are eval and sample
+while a trainer owns the directory (they only check: they write their own result files and may
+run side by side). The file is created with create-if-absent semantics (a hard link locally, an
+upload with the GCS precondition ifGenerationMatch=0 in a bucket), so of two starters exactly
 one wins. A lock left by a dead process on this host is taken over with a message; one from
 another host cannot be checked from here and is reported (delete the file if that process is
 gone). Re-entrant within a process: `main` and `train.train` both take it.
@@ -89,6 +90,16 @@ def acquire(workdir: str, purpose: str = "train") -> None:
                         _describe(holder) if holder else "an unreadable lock file")
         _remove_if_unchanged(path, holder)
     raise RunLocked(f"{path}: could not take the lock of {workdir} (contended)")
+
+
+def check_unowned(workdir: str, purpose: str) -> None:
+    """For eval and sample, which write only their own result files and may run side by side:
+    RunLocked if a live process (a trainer) owns `workdir`; nothing is taken."""
+    path = lock_path(workdir)
+    holder = _read(path) if path not in _held else None
+    if holder and not _is_stale(holder):
+        raise RunLocked(f"{path}: {workdir} is in use by {_describe(holder)}; {purpose} would "
+                        f"write into it meanwhile: wait for it to finish")
 
 
 def _remove_if_unchanged(path, holder):

@@ -154,6 +154,8 @@ def test_lock_takeover_reentry_and_live_holder(tmp_path, caplog):
     with pytest.raises(runlock.RunLocked, match=f"in use by {socket.gethostname()}:"
                                                  f"{os.getppid()}"):
         runlock.acquire(workdir)
+    with pytest.raises(runlock.RunLocked, match="eval would write into it"):
+        runlock.check_unowned(workdir, "eval")  # eval and sample only check
 
 
 def test_changed_config_is_refused_then_allowed_and_recorded(lone, tmp_path):
