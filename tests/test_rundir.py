@@ -299,3 +299,29 @@ def test_bucket_lock_is_create_if_absent(gcs):
     assert json.loads(fs.read_text(path))["pid"] == os.getpid()
     runlock.release(workdir)
     assert not fs.exists(path)
+
+
+def _oracle(words):
+    """The checksum in Python integers: [Σ w, Σ w·(2i+1)] mod 2³² over the flat words."""
+    flat = [int(w) for w in np.asarray(words).ravel()]
+    return [sum(flat) % 2**32, sum(w * (2 * i + 1) for i, w in enumerate(flat)) % 2**32]
+
+
+def test_checksums_equal_an_oracle_on_sharded_leaves_and_see_one_bit():
+    import ml_dtypes
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    h = rng.standard_normal((8, 5)).astype(ml_dtypes.bfloat16)
+    state = {"w": jax.device_put(x, NamedSharding(mesh, PartitionSpec("x"))),
+             "h": jax.device_put(h, NamedSharding(mesh, PartitionSpec("x"))),
+             "step": np.int32(-7)}
+    sums = checkpoint.checksums(state)
+    assert sums["['w']"] == _oracle(x.view(np.uint32))
+    assert sums["['h']"] == _oracle(h.view(np.uint16))
+    assert sums["['step']"] == _oracle(np.int32(-7).view(np.uint32))
+    flipped = x.copy()
+    flipped.view(np.uint32)[9, 1] ^= 1 << 13
+    assert checkpoint.checksums({"w": flipped})["['w']"] != sums["['w']"]
