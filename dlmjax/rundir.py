@@ -62,10 +62,13 @@ def argv_with_run_config(argv):
 
 
 # Keys a resumed run may change freely: how long it runs, how often it logs, evaluates and saves,
-# how it samples and evaluates afterwards, where it runs. Everything else defines the experiment.
+# how it samples and evaluates afterwards, where and how it executes (mesh, gradient accumulation,
+# rematerialisation, attention kernel, loss chunking: same mathematics, other memory and speed).
+# Everything else defines the experiment.
 ALLOWED_CHANGES = ("name", "train.steps", "train.tokens", "train.log_every", "train.eval_every",
                    "train.eval_batches", "train.checkpoint_every", "train.keep_checkpoints",
                    "train.peak_flops_per_device", "train.wandb_", "train.profile_steps",
+                   "train.microbatches", "model.remat", "model.attention", "noise.chunk_size",
                    "sample.", "eval.", "mesh.", "data.cache_dir")
 CHANGES_FILE = "config_changes.jsonl"
 
