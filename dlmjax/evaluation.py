@@ -107,9 +107,35 @@ def restore_params(run: Run, workdir):
     mesh = parallel.make_mesh(**{k: run.mesh_shape[k] for k in ("data", "fsdp", "tensor")})
     optimizer = train.make_optimizer(run)
     shardings = train.Shardings(run, mesh, optimizer)
-    state = checkpoint.restore(manager, train.abstract_state(run, shardings, optimizer))
+    state, step = checkpoint.restore_verified(manager,
+                                              train.abstract_state(run, shardings, optimizer))
     manager.close()
     return state["params"], step
+
+
+# What a checkpoint's numbers mean: evaluating it under other values gives a different quantity.
+IDENTITY_KEYS = ("objective", "noise.type", "noise.scale")
+
+
+def check_identity(run: Run, workdir, *, allow_config_change=False):
+    """ConfigError when the run is evaluated under another objective or noise than it was
+    trained with (workdir/config.json), unless allowed; returns the trained config's hash."""
+    from dlmjax import rundir
+    from dlmjax.config import ConfigError
+
+    if not fs.isfile(rundir.config_path(workdir)):
+        return None
+    trained = rundir.load_config(workdir)
+    old = rundir.flatten(json.loads(trained.to_json()))
+    new = rundir.flatten(json.loads(run.config.to_json()))
+    changed = [k for k in IDENTITY_KEYS if k in old and old[k] != new.get(k)]
+    if changed and not allow_config_change:
+        listed = "; ".join(f"{k}={new.get(k)!r} but the run was trained with {old[k]!r}"
+                           for k in changed)
+        raise ConfigError(f"{rundir.config_path(workdir)}: {listed}; evaluating under another "
+                          f"noise gives a different quantity (pass --allow_config_change to do "
+                          f"it anyway)")
+    return rundir.config_hash(trained)
 
 
 def _bytes_per_token(tokenizer, batches):
@@ -124,13 +150,15 @@ def _bytes_per_token(tokenizer, batches):
     return num_bytes / max(num_tokens, 1)
 
 
-def evaluate_checkpoint(run: Run, workdir):
+def evaluate_checkpoint(run: Run, workdir, *, allow_config_change=False):
     """Held-out ELBO (nats/token) with its standard error, PPL and bits/byte of the newest
-    checkpoint, on the deterministic λ grid; also written to workdir/eval_step<N>.json."""
-    from dlmjax import data
+    checkpoint, on the deterministic λ grid; also written to workdir/eval_step<N>.json with the
+    noise type and the hash of the run's config.json."""
+    from dlmjax import data, rundir
     from dlmjax.diffusion import likelihood
 
     cfg = run.config
+    trained_hash = check_identity(run, workdir, allow_config_change=allow_config_change)
     params, step = restore_params(run, workdir)
     batches = list(data.make_eval_batches(cfg.data, seq_len=run.model.seq_len,
                                           batch_size=run.batch_size // run.microbatches,
@@ -150,6 +178,9 @@ def evaluate_checkpoint(run: Run, workdir):
             jax.random.key(cfg.seed), logits_fn, batches, mask_id=MASK_ID, shift=run.shift,
             scale=cfg.noise.scale, method="grid", num_points=cfg.eval.grid_points,
             bytes_per_token=bytes_per_token, logits_fn_accepts_mask=True).as_dict()
-    result.update(step=step, bytes_per_token=bytes_per_token, grid_points=cfg.eval.grid_points)
+    result.update(step=step, bytes_per_token=bytes_per_token, grid_points=cfg.eval.grid_points,
+                  objective=cfg.objective, noise_type=cfg.noise.type,
+                  noise_scale=cfg.noise.scale, config_hash=rundir.config_hash(cfg),
+                  trained_config_hash=trained_hash)
     fs.write_text_atomic(fs.join(workdir, f"eval_step{step}.json"), json.dumps(result, indent=2))
     return result

@@ -146,3 +146,35 @@ def glob(pattern: str) -> list[str]:
         raise ValueError(f"{pattern}: a wildcard in the bucket name is not supported")
     base = path(f"{scheme}://{'/'.join(parts[:first])}")
     return sorted(str(m) for m in base.glob("/".join(parts[first:])))
+
+
+def create_exclusive(p: str, data: bytes) -> None:
+    """Writes `data` to a new file; FileExistsError if `p` exists (atomic create-if-absent).
+
+    Locally a hard link of a complete temporary file (O_EXCL semantics, never a torn file); in a
+    bucket one upload with the precondition "no live generation" (GCS ifGenerationMatch=0).
+    """
+    if is_remote(p):
+        import fsspec
+
+        filesystem, _ = fsspec.core.url_to_fs(str(p))
+        try:
+            filesystem.pipe_file(str(p), data, mode="create")
+        except FileExistsError:
+            raise
+        except OSError as e:  # gcsfs reports the failed precondition (HTTP 412) as an OSError
+            if "412" in str(e) or "recondition" in str(e):
+                raise FileExistsError(f"{p}: exists") from None
+            raise
+        return
+    p = absolute(p)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(p), prefix=f".{os.path.basename(p)}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, p)  # fails with FileExistsError when another process got there first
+    finally:
+        os.remove(tmp)

@@ -37,6 +37,10 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout", 20, "Seconds of silence after which a process counts as lost (exit 3).")
 _DEBUG = flags.DEFINE_bool("debug", False, "Print the full traceback of an error.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "train: resume although the config differs from the run's "
+    "config.json beyond steps/cadences/sampling/mesh/logging (the change is recorded); "
+    "eval: evaluate under another noise type or objective than the run was trained with.")
 _DESCRIBE_DEVICES = flags.DEFINE_integer(
     "describe_devices", 0, "describe: devices of the target mesh (0 = config mesh.num_devices).")
 
@@ -168,10 +172,15 @@ def main(argv, full_argv=None):
         return
     if _MODE.value == "train":
         _train(run, config, workdir)
-    elif _MODE.value == "eval":
+        return
+    from dlmjax import runlock
+
+    runlock.check_unowned(workdir, _MODE.value)  # they write into the run directory too
+    if _MODE.value == "eval":
         from dlmjax import evaluation
 
-        print(json.dumps(evaluation.evaluate_checkpoint(run, workdir), indent=2))
+        print(json.dumps(evaluation.evaluate_checkpoint(
+            run, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value), indent=2))
     elif _MODE.value == "sample":
         _sample(run, workdir, prompts)
 
@@ -179,16 +188,24 @@ def main(argv, full_argv=None):
 def _train(run, config, workdir):
     import jax
 
-    from dlmjax import evaluation, fs, train
+    from dlmjax import fs, runlock
 
     fs.makedirs(workdir)
-    from dlmjax import data
+    if jax.process_index() != 0:
+        return _train_owned(run, config, workdir)
+    with runlock.held(workdir, "train"):  # before anything is written: one owner per run dir
+        _train_owned(run, config, workdir)
 
+
+def _train_owned(run, config, workdir):
+    import jax
+
+    from dlmjax import data, evaluation, rundir, train
+
+    owner = jax.process_index() == 0
     # The tokenizer goes into workdir/tokenizer.json and its hash into config.json.
-    config.data.tokenizer_sha256 = data.record_tokenizer(config.data, workdir,
-                                                         write=jax.process_index() == 0)
-    if jax.process_index() == 0:
-        fs.write_text_atomic(fs.join(workdir, "config.json"), config.to_json(indent=2))
+    config.data.tokenizer_sha256 = data.record_tokenizer(config.data, workdir, write=owner)
+    rundir.claim_config(workdir, config, allow_change=_ALLOW_CONFIG_CHANGE.value, write=owner)
     state = train.train(run, workdir)
     step = int(state["step"])
     # Sampling gathers tokens to the host, which one process can do only for its own shards.
@@ -265,9 +282,12 @@ def _config_load_error(argv, error):
 def cli(argv) -> int:
     """Runs one command (argv[0] is the program name) and returns its exit code; errors are one
     line `error: <path or key>: <reason>` on stderr, with the traceback under --debug."""
+    from dlmjax import rundir
+
     debug = "--debug" in argv
     try:
-        rest = _parse(list(argv))
+        argv = rundir.argv_with_run_config(list(argv))  # --workdir alone: the run's config.json
+        rest = _parse(argv)
     except Exception as e:  # noqa: BLE001 - the boundary
         return errors.report(e, debug=debug)
     debug = _DEBUG.value

@@ -1,4 +1,4 @@
-"""LaProp, the warm-up–stable–decay schedule and the CompleteP parameter groups (DESIGN.md §2).
+"""LaProp, the warm-up–stable–decay schedule and the CompleteP parameter groups (docs/science.md).
 
 LaProp with the bias correction written as a step-dependent decay β̃(k) = 1 − (1 − β)/(1 − β^k)
 (k = 1, 2, ...), so the stored moments are already bias-corrected:
@@ -169,7 +169,7 @@ def optimizer_from_hparams(hp: OptimizerHParams) -> optax.GradientTransformation
 def make_optimizer(*, lr, d_model, num_layers, total_steps, warmup_steps=2000,
                    cooldown_fraction=0.0, batch_size, b1=0.9, b2=None, weight_decay=0.0,
                    clip_norm=0.0) -> optax.GradientTransformation:
-    """The whole optimizer of DESIGN.md §2 from explicit arguments (see derive_hparams)."""
+    """The whole optimizer of docs/science.md from explicit arguments (see derive_hparams)."""
     return optimizer_from_hparams(derive_hparams(
         lr=lr, d_model=d_model, num_layers=num_layers, total_steps=total_steps,
         warmup_steps=warmup_steps, cooldown_fraction=cooldown_fraction, batch_size=batch_size,

@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dlmjax import checkpoint, fs, objectives, optim, parallel, tensorboard, trackers
+from dlmjax import checkpoint, fs, objectives, optim, parallel, runlock, tensorboard, trackers
 from dlmjax import model as model_lib
 from dlmjax.config import Run
 
@@ -130,31 +130,41 @@ def abstract_state(run: Run, shardings: Shardings, optimizer):
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so the step in flight finishes and is saved."""
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop polls, so the step in flight
+    finishes and is saved. A second SIGINT aborts at once (KeyboardInterrupt); the in-flight
+    save is still waited for on the way out."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.requested = None  # name of the signal received
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
+        del frame
+        if self.requested and signum == signal.SIGINT:
+            self.restore()
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting")
+        self.requested = signal.Signals(signum).name
+        logging.warning("%s: stopping after this step (saving a checkpoint); Ctrl-C again aborts",
+                        self.requested)
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
     def agreed(self) -> bool:
         if jax.process_count() == 1:
-            return self.requested
-        flags = multihost_utils.process_allgather(np.array(self.requested))
+            return bool(self.requested)
+        flags = multihost_utils.process_allgather(np.array(bool(self.requested)))
         return bool(np.any(flags))
 
 
 class MetricsWriter:
     """metrics.jsonl and TensorBoard, on process 0 only; local or in a bucket.
 
-    Locally each line is appended and flushed; a bucket has no append, so there the whole file
-    is re-uploaded (one atomic object write) at every record.
+    metrics.jsonl is rewritten whole (one atomic write) at every record: a bucket has no
+    append, and a reader or a kill never sees a torn file.
     """
 
     def __init__(self, workdir, resume_step, extra_trackers=()):
@@ -166,7 +176,6 @@ class MetricsWriter:
             return
         self.lines = _lines_up_to(self.path, resume_step)
         fs.write_text_atomic(self.path, "".join(self.lines))
-        self.file = None if fs.is_remote(self.path) else open(self.path, "a")  # noqa: SIM115
         from tensorboardX import SummaryWriter
 
         tensorboard.register_bucket_writer()
@@ -175,13 +184,8 @@ class MetricsWriter:
     def write(self, record):
         if not self.active:
             return
-        line = json.dumps(record) + "\n"
-        if self.file is None:
-            self.lines.append(line)
-            fs.write_text_atomic(self.path, "".join(self.lines))
-        else:
-            self.file.write(line)
-            self.file.flush()
+        self.lines.append(json.dumps(record) + "\n")
+        fs.write_text_atomic(self.path, "".join(self.lines))
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
                 self.tb.add_scalar(key, value, record["step"])
@@ -191,19 +195,37 @@ class MetricsWriter:
 
     def close(self):
         if self.active:
-            if self.file is not None:
-                self.file.close()
             self.tb.close()
         for tracker in self.trackers:
             tracker.close()
 
 
 def _lines_up_to(path, step):
-    """Metric lines up to `step`: a resumed run re-logs later ones, so none is duplicated."""
+    """Metric lines up to `step`: a resumed run re-logs later ones, so none is duplicated.
+
+    A torn last line (a writer killed mid-line by an older dlmjax, or a full disk) is dropped
+    with a warning; a bad line before the end is an error naming the file and line.
+    """
     if not fs.exists(path):
         return []
-    lines = fs.read_text(path).splitlines(keepends=True)
-    return [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    lines = [line for line in fs.read_text(path).splitlines(keepends=True) if line.strip()]
+    kept, later = [], 0
+    for number, line in enumerate(lines, 1):
+        try:
+            record_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError) as e:
+            if number == len(lines):
+                logging.warning("%s: dropping its torn last line %d (%s)", path, number, e)
+                break
+            raise ValueError(f"{path}: line {number} is not a metrics record ({e})") from None
+        if record_step <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+        else:
+            later = max(later, record_step)
+    if later:
+        logging.warning("%s went to step %d; resuming from step %d, the later lines are "
+                        "logged again", path, later, step)
+    return kept
 
 
 def _global_batch(local_tokens, sharding):
@@ -232,8 +254,9 @@ def train(run: Run, workdir: str, *, progress=True):
     """Trains (or resumes) the run in `workdir`; returns the final train state.
 
     Checkpoints go to workdir/checkpoints, metrics to workdir/metrics.jsonl and TensorBoard.
-    SIGTERM saves a checkpoint and returns early; a non-finite loss raises NonFiniteLossError
-    without saving, so the newest checkpoint stays the last good one.
+    SIGTERM or SIGINT saves a checkpoint and returns early; a non-finite loss raises
+    NonFiniteLossError without saving, so the newest checkpoint stays the last good one.
+    Process 0 holds workdir/lock.json (dlmjax.runlock) throughout.
     """
     from dlmjax import data
 
@@ -255,23 +278,44 @@ def train(run: Run, workdir: str, *, progress=True):
                                           batch_size=eval_batch, num_batches=cfg.train.eval_batches,
                                           process_index=jax.process_index(),
                                           process_count=jax.process_count())
-    manager = checkpoint.make_manager(fs.join(fs.absolute(workdir), "checkpoints"),
-                                      keep=cfg.train.keep_checkpoints)
-    with parallel.sharding_context(mesh, cfg.mesh.strategy):
-        step_fn = compile_train_step(run, shardings, optimizer)
-        eval_fn = jax.jit(functools.partial(eval_step, run=run),
-                          in_shardings=(shardings.params, shardings.batch, None))
-        if manager.latest_step() is not None:
-            state = checkpoint.restore(manager, abstract_state(run, shardings, optimizer), iterator)
-            logging.info("resumed from step %d in %s", int(state["step"]), workdir)
-        else:
-            init = jax.jit(functools.partial(init_state, run=run, optimizer=optimizer),
-                           out_shardings=shardings.state)
-            state = init(jax.random.key(cfg.seed))
-        state = _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manager,
-                      workdir, progress)
-    manager.wait_until_finished()
-    manager.close()
+    owner = jax.process_index() == 0
+    if owner:
+        runlock.acquire(workdir, "train")
+    try:
+        manager = checkpoint.make_manager(fs.join(fs.absolute(workdir), "checkpoints"),
+                                          keep=cfg.train.keep_checkpoints, cleanup=owner)
+        try:
+            with parallel.sharding_context(mesh, cfg.mesh.strategy):
+                step_fn = compile_train_step(run, shardings, optimizer)
+                eval_fn = jax.jit(functools.partial(eval_step, run=run),
+                                  in_shardings=(shardings.params, shardings.batch, None))
+                state = _initial_state(run, shardings, optimizer, manager, iterator, workdir)
+                state = _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings,
+                              manager, workdir, progress)
+        finally:  # every exit path: an abandoned async save would be lost
+            checkpoint.finish(manager)
+            manager.close()
+    finally:
+        if owner:
+            runlock.release(workdir)
+    return state
+
+
+def _initial_state(run, shardings, optimizer, manager, iterator, workdir):
+    """The newest verified checkpoint's state (falling back past unusable ones), or a fresh one."""
+    if manager.latest_step() is None:
+        init = jax.jit(functools.partial(init_state, run=run, optimizer=optimizer),
+                       out_shardings=shardings.state)
+        return init(jax.random.key(run.config.seed))
+    state, step = checkpoint.restore_verified(manager, abstract_state(run, shardings, optimizer),
+                                              iterator, quarantine=True)
+    if step > run.steps:
+        raise ValueError(f"train.steps={run.steps} is below the latest checkpoint (step {step} "
+                         f"in {workdir}); raise train.steps to continue, or use a new --workdir")
+    if step == run.steps:
+        logging.warning("%s is already at train.steps=%d: nothing to train", workdir, step)
+    else:
+        logging.info("resumed from step %d in %s", step, workdir)
     return state
 
 
@@ -305,10 +349,12 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
                 bad = [m for m in host
                        if not all(np.isfinite(v) for k, v in m.items() if k != "elbo")]
                 if bad:
-                    good = manager.latest_step()
+                    checkpoint.finish(manager)
+                    good = checkpoint.newest_verified(manager)
                     raise NonFiniteLossError(
                         f"non-finite loss or gradient by step {step} ({bad[0]}); stopped without "
-                        f"saving. The last good checkpoint is step {good} in {workdir}.")
+                        f"saving. The last good checkpoint is step {good} in {workdir} "
+                        f"(verified by its checksums).")
                 if step % cfg.log_every == 0 or is_last:
                     now = time.perf_counter()
                     tokens_per_s = (step - last_step) * run.tokens_per_step / (now - last_time)
@@ -327,7 +373,8 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
             if step % cfg.checkpoint_every == 0 or is_last or stop:
                 checkpoint.save(manager, step, state, iterator, force=True)
             if stop:
-                logging.warning("SIGTERM: saved step %d and stopped", step)
+                logging.warning("%s: saved step %d and stopped", preemption.requested or
+                                "preemption", step)
                 break
     finally:
         bar.close()

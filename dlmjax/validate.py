@@ -14,7 +14,9 @@ import numbers
 
 from dlmjax.errors import ConfigError
 
-SAMPLE_METHODS = ("ancestral", "adaptive")
+# As dlmjax.diffusion.sampling.METHODS (not imported: validation runs before jax is loaded).
+SAMPLE_METHODS = ("ancestral", "adaptive", "threshold", "entropy_bound", "remask")
+REMASK_SCHEDULES = ("cap", "rescale", "loop")
 SAMPLE_SCHEDULES = ("cosine", "linear")
 TOKEN_DTYPES = ("uint16", "uint32", "int32")
 _MISSING = object()
@@ -81,6 +83,10 @@ RULES = {
     "sample.float64": _BOOL,
     "sample.length": _int(0),
     "sample.block_size": _int(0),
+    "sample.confidence_threshold": _float(0, open_lo=True),
+    "sample.entropy_bound": _float(0),
+    "sample.remask_schedule": _enum(*REMASK_SCHEDULES),
+    "sample.remask_eta": _float(0, 1),
     "eval.grid_points": _int(2),
     "eval.batches": _int(1),
     "mesh.num_devices": _int(0),

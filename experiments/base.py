@@ -1,4 +1,4 @@
-"""Study defaults (DESIGN.md §2–§3): one point of the N×D grid at L12-D768 with uniform noise.
+"""Study defaults (docs/science.md): one point of the N×D grid at L12-D768 with uniform noise.
 
 Every other experiment starts from `get_config()` here and changes what differs. Dimensions:
 V vocab, L layers, D width, H heads, S sequence length, B sequences per optimizer step.

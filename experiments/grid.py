@@ -1,4 +1,4 @@
-"""Any point of the study's 510-run grid (DESIGN.md §3), or a planned run, by its key:
+"""Any point of the study's 510-run grid (docs/science.md), or a planned run, by its key:
 
   --config=experiments/grid.py:noise=uniform,size=L12-D768,batch=64,lr=0.3
 

@@ -1,4 +1,4 @@
-"""The study's 3B masked-diffusion run (DESIGN.md §3): L18-D3072, 24 heads, 1536 × 2048 tokens
+"""The study's 3B masked-diffusion run (docs/science.md): L18-D3072, 24 heads, 1536 × 2048 tokens
 per step for 23,500 steps (74B tokens), 20% cooldown; reported ELBO 2.422, PPL 11.3.
 
 η from the law η* = 10^−2.06·B^0.3412 at B = 1536·2048 = 3,145,728 tokens: 1.44.

@@ -1,4 +1,4 @@
-"""The study's 10B uniform-diffusion run (DESIGN.md §3): L34-D4608, 36 heads of 128, P = 8.666B.
+"""The study's 10B uniform-diffusion run (docs/science.md): L34-D4608, 36 heads of 128, P = 8.666B.
 
 3072 sequences of 2048 tokens for 29,000 steps = 182B tokens, C = M·D ≈ 1.0e22 FLOPs, 20%
 cooldown. Its learning rate is not published; the study's law η* = 10^−2.06·B^0.3412 with

@@ -1,4 +1,4 @@
-"""The study's 3B uniform-diffusion run (DESIGN.md §3): the masked 3B setup with uniform noise,
+"""The study's 3B uniform-diffusion run (docs/science.md): the masked 3B setup with uniform noise,
 one more layer (L19-D3072, 24 heads) and 22,500 steps (71B tokens); reported ELBO 2.462,
 PPL 11.7. Same batch (1536 × 2048 tokens), so the same η = 1.44 from the η* law.
 """

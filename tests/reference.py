@@ -1,4 +1,4 @@
-"""Independent float64 NumPy transcription of DESIGN.md §1, building q and p over the whole
+"""Independent float64 NumPy transcription of docs/science.md, building q and p over the whole
 vocabulary (fine for the small vocabularies of tests)."""
 
 import numpy as np

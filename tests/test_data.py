@@ -246,7 +246,7 @@ def test_two_processes_split_each_global_batch(parquet_cfg):
 
 def test_worker_processes_give_the_same_batches(kjv_cfg):
     if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (see STACK.md)
+        flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
     ref = take(data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=2), 6)
     kjv_cfg.worker_count = 2
     it = data.make_train_iterator(kjv_cfg, seq_len=S, batch_size=B, seed=2)

@@ -79,7 +79,7 @@ def test_logical_axes_name_every_dimension():
 
 
 # ---------------------------------------------------------------------------------------------
-# Float64 NumPy transcription of DESIGN.md §2.
+# Float64 NumPy transcription of docs/science.md
 
 
 def _np_rms_norm(x, gain, axes=-1):

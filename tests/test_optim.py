@@ -28,7 +28,7 @@ def _np_wsd(k, total, warmup, cooldown_fraction):
 
 def _np_optimizer(params, grads_seq, *, lr, d, n_layers, total, warmup, cooldown, b1, b2, wd,
                   matrix):
-    """Float64 transcription of DESIGN.md §2: LaProp with β̃(k) = 1 − (1 − β)/(1 − β^k)."""
+    """Float64 transcription of docs/science.md: LaProp with β̃(k) = 1 − (1 − β)/(1 − β^k)."""
     eps = 1e-8 / (d * n_layers)
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}

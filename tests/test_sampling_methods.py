@@ -173,3 +173,10 @@ def test_prefix_cache_gives_the_same_tokens(tiny_model, method, block_size):
     np.testing.assert_array_equal(np.asarray(cached), np.asarray(plain))
     blocks = 1 if block_size is None else -(-(length - 9) // block_size)
     assert int(cached_evals) <= int(plain_evals) + blocks
+
+
+def test_config_validation_knows_every_method():
+    from dlmjax import validate
+
+    assert validate.SAMPLE_METHODS == S.METHODS
+    assert validate.REMASK_SCHEDULES == S.REMASK_SCHEDULES

@@ -50,7 +50,7 @@ def _read_csv(path):
 # --- accounting ----------------------------------------------------------------------------
 
 def test_params_and_flops_match_the_design_numbers():
-    expected_p = [25.2e6, 49.2e6, 85.1e6, 201.6e6, 566.7e6]        # DESIGN.md §3
+    expected_p = [25.2e6, 49.2e6, 85.1e6, 201.6e6, 566.7e6]        # docs/science.md
     for (num_layers, d_model), p in zip(grid.STUDY_SIZES, expected_p):
         assert abs(flops.non_embedding_params(num_layers, d_model) - p) < 0.05e6
     # 10B run: P = 8.666B, M = 5.583e10, C ≈ 1.0e22 at 182B tokens
@@ -90,7 +90,7 @@ def test_published_laws_reproduce_the_study_numbers():
             opt = laws.compute_optimal(c, noise)
             assert abs(opt["M"] * opt["D"] / c - 1) < 1e-3          # C = M·D
     assert abs(laws.compute_optimal(1e22, "uniform")["L"] - 2.22) < 0.01
-    # The η* law at the 10B run's batch (3072 × 2048 tokens) is about 1.8 (DESIGN.md §3).
+    # The η* law at the 10B run's batch (3072 × 2048 tokens) is about 1.8 (docs/science.md).
     assert abs(laws.optimal_lr(3072 * 2048) - 1.8) < 0.05
     assert laws.optimal_batch_tokens(1e10) == pytest.approx(10**-2.4 * 1e10**0.8225)
     assert laws.BATCH_LAW.inverse(laws.BATCH_LAW(3e9)) == pytest.approx(3e9)

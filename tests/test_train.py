@@ -106,10 +106,12 @@ def test_sigterm_saves_and_resume_is_exact(straight_run, tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     workdir = str(tmp_path)
     _run(workdir, "--config.train.steps=10")
-    result = subprocess.run(_command(workdir, "--config.train.steps=40", "--config.optim.lr=1e30"),
+    result = subprocess.run(_command(workdir, "--config.train.steps=40", "--config.optim.lr=1e30",
+                                     "--allow_config_change"),
                             cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
-    assert "non-finite loss" in result.stderr and "last good checkpoint is step" in result.stderr
+    assert "non-finite loss" in result.stderr and "last good checkpoint is step 10" in result.stderr
+    assert "(verified by its checksums)" in result.stderr
     saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
                    if d.isdigit())
     params, step = _final_params(workdir, saved[-1])

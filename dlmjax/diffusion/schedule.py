@@ -8,7 +8,7 @@ give exact zeros and finite logs instead of NaN.
 import jax
 import jax.numpy as jnp
 
-# Shift b of the mixing logit aλ + b per noise type (DESIGN.md §1).
+# Shift b of the mixing logit aλ + b per noise type (docs/science.md).
 NOISE_SHIFTS = {
     "masked": -1000.0,
     "low_uniform": -2.0,

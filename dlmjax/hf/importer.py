@@ -104,7 +104,7 @@ def write_state(run, workdir, params_np):
     manager = checkpoint.make_manager(fs.join(fs.absolute(workdir), rundir.CHECKPOINT_DIR),
                                       keep=run.config.train.keep_checkpoints)
     checkpoint.save(manager, 0, state, force=True)
-    manager.wait_until_finished()
+    checkpoint.finish(manager)  # waits, then records the checksums
     manager.close()
 
 

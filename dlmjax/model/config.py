@@ -1,4 +1,4 @@
-"""Model hyperparameters and the values derived from them (DESIGN.md §2)."""
+"""Model hyperparameters and the values derived from them (docs/science.md)."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""Bidirectional pre-norm transformer with the CompleteP parametrization (DESIGN.md §2).
+"""Bidirectional pre-norm transformer with the CompleteP parametrization (docs/science.md).
 
 Parameter tree (L leading on everything under "layers", stacked by nn.scan):
 

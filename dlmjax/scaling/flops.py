@@ -1,4 +1,4 @@
-"""Parameter and FLOP accounting with the study's conventions (DESIGN.md §3).
+"""Parameter and FLOP accounting with the study's conventions (docs/science.md).
 
 Embeddings (input table and output head) never count towards P or M in the study's numbers;
 `include_embeddings=True` exists for cost estimates where the head dominates (tiny models, big V).
@@ -8,7 +8,7 @@ CONVENTIONS = ("deepseek", "6p")
 
 
 def non_embedding_params(num_layers: int, d_model: int) -> int:
-    """P = L·(12d² + 14d) + d, the study's count (DESIGN.md §3)."""
+    """P = L·(12d² + 14d) + d, the study's count (docs/science.md)."""
     return num_layers * (12 * d_model**2 + 14 * d_model) + d_model
 
 

@@ -1,4 +1,4 @@
-"""The study's published laws as data (DESIGN.md §3): y = A·x^α.
+"""The study's published laws as data (docs/science.md): y = A·x^α.
 
 Hyperparameter laws take B and D in tokens. Compute-optimal laws take C = M·D in FLOPs
 (deepseek convention, non-embedding) and give M* (FLOPs/token), D* (tokens) and L* (ELBO,

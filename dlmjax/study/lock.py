@@ -9,6 +9,7 @@ import os
 import socket
 import time
 
+from dlmjax.runlock import pid_alive as _pid_alive
 from dlmjax.study import attempts, layout
 
 HEARTBEAT_S = 30.0
@@ -17,15 +18,6 @@ STALE_S = 4 * HEARTBEAT_S
 
 class StudyLocked(RuntimeError):
     pass
-
-
-def _pid_alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def holder_alive(record, now=None) -> bool:

@@ -32,7 +32,7 @@ from dlmjax.diffusion.sampling.draws import (
 from dlmjax.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN, pi_at
 
 SCHEDULES = ("cosine", "linear")
-# Step schedules run t from T_START to T_END (DESIGN.md §1).
+# Step schedules run t from T_START to T_END (docs/science.md).
 T_START = 0.999
 T_END = 0.001
 
