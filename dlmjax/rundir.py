@@ -56,8 +56,8 @@ def argv_with_run_config(argv):
             workdir = a.split("=", 1)[1]
         elif a == "--workdir" and i + 1 < len(args):
             workdir = args[i + 1]
-    if not workdir or "--mode=describe" in args:
-        return list(argv)
+    if not workdir or "--mode=describe" in args or not fs.exists(fs.join(workdir, CONFIG_FILE)):
+        return list(argv)  # main then asks for --config
     return [argv[0], f"--config={__file__}:{workdir}", *args]
 
 
