@@ -85,7 +85,8 @@ def _load_config(argv):
     except Exception as e:  # noqa: BLE001 - whatever the experiment file raised
         raise _config_load_error(argv, e) from e
     if config is None:
-        raise InputError("--config: required (--config=experiments/<name>.py, or --workdir of a run with its config.json)")
+        raise InputError("--config: required (--config=experiments/<name>.py, or the --workdir "
+                         "of a run, which holds its config.json)")
     return config
 
 
