@@ -208,4 +208,6 @@ def run_absl(main) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     logging.use_absl_handler()
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.INFO)  # as absl.app.run does: tools report with INFO lines
     sys.exit(guarded(main, argv, debug=flags.FLAGS.debug))
