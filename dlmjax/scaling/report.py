@@ -9,7 +9,6 @@ Pipeline (each step a function, `build_report` chains them):
 5. When the runs form a batch/LR sweep: optimal batch and LR vertices and the B*, η* laws.
 """
 
-import csv
 import dataclasses
 import math
 import os
@@ -17,7 +16,18 @@ import os
 import numpy as np
 from absl import logging
 
-from dlmjax.scaling import curves, fit, hparams, isoflop, laws, plan, plots, runboot, runs
+from dlmjax.scaling import (
+    curves,
+    fit,
+    hparams,
+    isoflop,
+    laws,
+    plan,
+    plots,
+    report_files,
+    runboot,
+    runs,
+)
 
 SKIP_FRACTION = 0.1
 
@@ -160,27 +170,6 @@ def compute_optimal_fits(points, *, n_boot: int, seed: int, scheme: str, loss_sa
     return out
 
 
-def _write_csv(path: str, rows: list[dict]) -> str:
-    fields = list(rows[0]) if rows else []
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
-    return path
-
-
-def _md_table(rows: list[dict], columns: list[str]) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, seed: int = 0,
                  metric: str = "elbo", ema_gamma: float = curves.EMA_GAMMA,
                  skip_fraction: float = SKIP_FRACTION, scheme: str = "run",
@@ -210,7 +199,7 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
                  "last_step": s.last_step, "tokens": s.tokens, "flops": s.flops,
                  "final_loss": s.final_loss, "curve_C": s.curve.C, "curve_B": s.curve.B,
                  "curve_b": s.curve.b, "curve_rmse": s.curve.rmse} for s in summaries]
-    files.append(_write_csv(os.path.join(out_dir, "runs.csv"), run_rows))
+    files.append(report_files.write_csv(os.path.join(out_dir, "runs.csv"), run_rows))
 
     frontier = {}
     for noise in [n for n in laws.NOISE_TYPES if any(s.noise == n for s in summaries)]:
@@ -285,7 +274,7 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
                       ("lr_at_optimal_batch.csv", "lr_at_optimal_batch"),
                       ("hyperparameter_laws.csv", "hparam_laws")):
         if result[key]:
-            files.append(_write_csv(os.path.join(out_dir, name), result[key]))
+            files.append(report_files.write_csv(os.path.join(out_dir, name), result[key]))
     if make_plots and frontier:
         files.append(plots.plot_frontier(os.path.join(out_dir, "frontier.png"), frontier,
                                          published=laws.COMPUTE_OPTIMAL_LAWS))
@@ -303,7 +292,7 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
             [r["lr_opt"] for r in rows], law, xlabel="batch B (tokens)",
             ylabel="optimal learning rate η*", title="optimal learning rate",
             groups=[r["group"] for r in rows], published=laws.LR_LAW))
-    files.append(_write_markdown(os.path.join(out_dir, "report.md"), result))
+    files.append(report_files.write_markdown(os.path.join(out_dir, "report.md"), result))
     return result
 
 
@@ -346,56 +335,6 @@ def _hyperparameter_laws(summaries, result, *, n_boot, seed, num_targets):
         result["fits"][name] = law
         result["hparam_laws"].append(_law_row("all", quantity, law, len(rows),
                                               "targets (case resampling)"))
-
-
-def _write_markdown(path: str, result: dict) -> str:
-    parts = ["# Scaling report", ""]
-    counts = {}
-    for s in result["summaries"]:
-        counts[(s.noise, s.size)] = counts.get((s.noise, s.size), 0) + 1
-    count_rows = [{"noise": n, "size": z, "runs": c} for (n, z), c in sorted(counts.items())]
-    parts += [f"{len(result['summaries'])} runs.", "",
-              _md_table(count_rows, ["noise", "size", "runs"]), ""]
-    if result["vertices"]:
-        parts += ["## Iso-FLOP vertices (Approach 2)", "",
-                  _md_table(result["vertices"], ["noise", "compute", "D_opt", "M_opt",
-                                                 "loss_opt", "num_points", "interior", "used"]),
-                  ""]
-    if result["laws"]:
-        parts += ["## Compute-optimal laws y = A·C^α (95% bootstrap CIs)", "",
-                  _md_table(result["laws"], ["noise", "quantity", "A", "alpha", "alpha_lo",
-                                             "alpha_hi", "A_lo", "A_hi", "num_points",
-                                             "num_resamples", "scheme", "delta"]), "",
-                  "scheme: the bootstrap behind the intervals (run: every run's curve "
-                  "block-resampled and refitted, the default; residuals/budgets/both: "
-                  "point resamplings that treat a run's iso-FLOP points as independent). "
-                  "delta: the Huber δ of the power laws on logs (robust: Huber's rule on the "
-                  "residuals' MAD; paper: δ = 1 as in the study's scipy fits).", "",
-                  "Published (no cooldown): " + "; ".join(
-                      f"{n} {q}* = {law.A:.4g}·C^{law.alpha:.4g}"
-                      for n, d in laws.COMPUTE_OPTIMAL_LAWS.items() for q, law in d.items()), ""]
-    if result["parametric"]:
-        parts += ["## Parametric fit L(M, D) = E + A/M^α + B/D^β (Approach 3)", "",
-                  _md_table(result["parametric"], ["noise", "param", "value", "lo", "hi"]), ""]
-    if result["hparam_laws"]:
-        parts += ["## Hyperparameter laws (B in tokens)", "",
-                  _md_table(result["hparam_laws"], ["quantity", "A", "alpha", "alpha_lo",
-                                                    "alpha_hi", "num_points"]), "",
-                  f"Published: B* = {laws.BATCH_LAW.A:.4g}·D^{laws.BATCH_LAW.alpha}, "
-                  f"η* = {laws.LR_LAW.A:.4g}·B^{laws.LR_LAW.alpha}", "",
-                  "η*(B) is the study's estimand: the best LR at each target's optimal batch B* "
-                  "(a line of log η* in log B per target, read at B*), then a power law over "
-                  "targets. The pooled row fits every (target, batch) vertex at once; it differs "
-                  "when η* depends on the run length. Intervals resample the targets.", ""]
-    figures = [f for f in result["files"] if f.endswith(".png")]
-    if figures:
-        parts += ["## Figures", ""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})"
-                                       for f in figures] + [""]
-    if result["notes"]:
-        parts += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
-    with open(path, "w") as f:
-        f.write("\n".join(parts))
-    return path
 
 
 def micro_study_report(run_dirs, out_dir: str, micro_plan: plan.MicroPlan, **kwargs) -> dict:
