@@ -1,11 +1,18 @@
 """Every test runs on 8 fake CPU devices (the Makefile sets XLA_FLAGS; this covers plain pytest)."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One persistent compilation cache for the session, inherited by xdist workers and by every
+# `python -m dlmjax.main` a test starts: restarted and repeated runs reload their programs.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlmjax-xla-cache-")
 # Experiment files import `experiments.base`, as they do under `python -m dlmjax.main`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,3 +39,21 @@ def gcs():
         else:
             os.environ[key] = value
     emulator.stop()
+
+
+# `make test` runs on two workers (pytest-xdist, --dist=loadgroup). Each file stays on one worker
+# so its module fixtures are built once; the interop files share one session fixture and worker.
+INTEROP_FILES = ("test_hf.py", "test_trackers.py", "test_harness.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("interop" if name in INTEROP_FILES else name))
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):  # the controller, not a worker
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
