@@ -44,6 +44,7 @@ def gcs():
 # `make test` runs on two workers (pytest-xdist, --dist=loadgroup). Each file stays on one worker
 # so its module fixtures are built once; the interop files share one session fixture and worker.
 INTEROP_FILES = ("test_hf.py", "test_trackers.py", "test_harness.py")
+LONGEST_FILES = ("test_study_ray.py", "test_train.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,6 +53,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.path.name
         item.add_marker(pytest.mark.xdist_group("interop" if name in INTEROP_FILES else name))
+    # The longest files first, so neither worker is left with one at the end.
+    items.sort(key=lambda item: item.path.name not in LONGEST_FILES)
 
 
 def pytest_unconfigure(config):
