@@ -47,6 +47,7 @@ INTEROP_FILES = ("test_hf.py", "test_trackers.py", "test_harness.py")
 LONGEST_FILES = ("test_study_ray.py", "test_train.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
 def pytest_collection_modifyitems(config, items):
     if not config.pluginmanager.hasplugin("xdist"):
         return
