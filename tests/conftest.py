@@ -41,20 +41,12 @@ def gcs():
     emulator.stop()
 
 
-# `make test` runs on two workers (pytest-xdist, --dist=loadgroup). Each file stays on one worker
-# so its module fixtures are built once; the interop files share one session fixture and worker.
-INTEROP_FILES = ("test_hf.py", "test_trackers.py", "test_harness.py")
+# `make test` runs on two workers (pytest-xdist, --dist=loadfile: a file's module fixtures are
+# built once). The longest files go first, so neither worker is left with one at the end.
 LONGEST_FILES = ("test_study_ray.py", "test_train.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("interop" if name in INTEROP_FILES else name))
-    # The longest files first, so neither worker is left with one at the end.
+def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.name not in LONGEST_FILES)
 
 
