@@ -46,6 +46,7 @@ def gcs():
 LONGEST_FILES = ("test_study_ray.py", "test_train.py")
 
 
+@pytest.hookimpl(trylast=True)  # after pytest groups items by fixture
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.name not in LONGEST_FILES)
 
