@@ -163,8 +163,9 @@ class _Preemption:
 class MetricsWriter:
     """metrics.jsonl and TensorBoard, on process 0 only; local or in a bucket.
 
-    metrics.jsonl is rewritten whole (one atomic write) at every record: a bucket has no
-    append, and a reader or a kill never sees a torn file.
+    Locally each record is one appended, flushed line (a torn last line, from a kill mid-write,
+    is dropped on resume by _lines_up_to); a bucket has no append, so there the whole file is
+    rewritten (one atomic object write) at every record.
     """
 
     def __init__(self, workdir, resume_step, extra_trackers=()):
@@ -176,6 +177,7 @@ class MetricsWriter:
             return
         self.lines = _lines_up_to(self.path, resume_step)
         fs.write_text_atomic(self.path, "".join(self.lines))
+        self.file = None if fs.is_remote(self.path) else open(self.path, "a")  # noqa: SIM115
         from tensorboardX import SummaryWriter
 
         tensorboard.register_bucket_writer()
@@ -184,8 +186,13 @@ class MetricsWriter:
     def write(self, record):
         if not self.active:
             return
-        self.lines.append(json.dumps(record) + "\n")
-        fs.write_text_atomic(self.path, "".join(self.lines))
+        line = json.dumps(record) + "\n"
+        if self.file is None:
+            self.lines.append(line)
+            fs.write_text_atomic(self.path, "".join(self.lines))
+        else:  # rewriting locally would cost O(records) per record over a long run
+            self.file.write(line)
+            self.file.flush()
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
                 self.tb.add_scalar(key, value, record["step"])
@@ -195,6 +202,8 @@ class MetricsWriter:
 
     def close(self):
         if self.active:
+            if self.file is not None:
+                self.file.close()
             self.tb.close()
         for tracker in self.trackers:
             tracker.close()
