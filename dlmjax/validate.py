@@ -19,6 +19,7 @@ SAMPLE_METHODS = ("ancestral", "adaptive", "threshold", "entropy_bound", "remask
 REMASK_SCHEDULES = ("cap", "rescale", "loop")
 SAMPLE_SCHEDULES = ("cosine", "linear")
 TOKEN_DTYPES = ("uint16", "uint32", "int32")
+MARKOV_STARTS = ("stationary", "successor")  # as dlmjax.data.synthetic.MARKOV_STARTS
 _MISSING = object()
 
 
@@ -95,6 +96,7 @@ RULES = {
     "data.record_length": _int(0),
     "data.token_dtype": _enum(*TOKEN_DTYPES),
     "data.markov_branching": _int(2),
+    "data.markov_start": _enum(*MARKOV_STARTS),
     "data.iid_zipf_exponent": _float(0),
     "data.synthetic_seed": _int(0),
     "data.worker_count": _int(0),

@@ -332,6 +332,34 @@ def test_markov_source_matches_its_entropy_rate():
     np.testing.assert_allclose(synthetic.markov_log_prob_rows(chain, rows), -row_nll_R, rtol=1e-12)
 
 
+def test_markov_successor_start_row_entropy_is_exact():
+    """A row that starts as the successor of hidden state 0: float64 dense reference and the CLT."""
+    from dlmjax import validate
+
+    assert validate.MARKOV_STARTS == synthetic.MARKOV_STARTS
+    cfg = data.default_data_config()
+    cfg.update(source="synthetic_markov", vocab_size=68, markov_branching=4, synthetic_seed=3,
+               markov_start="successor")
+    seq_len = 32
+    chain = synthetic.make_markov_chain(68, 4, 3, "successor")
+    p_NxN = _dense_chain(chain)
+    h_N = -np.sum(p_NxN * np.log(np.where(p_NxN > 0, p_NxN, 1.0)), axis=1)
+    mu_N = p_NxN[0]   # the first state's distribution
+    total = -np.sum(mu_N[mu_N > 0] * np.log(mu_N[mu_N > 0]))
+    for _ in range(seq_len - 1):
+        total, mu_N = total + mu_N @ h_N, mu_N @ p_NxN
+    stated = data.known_entropy(cfg, seq_len)
+    np.testing.assert_allclose(stated["row_entropy_per_token"], total / seq_len, rtol=1e-10)
+    # Close to the rate: the first token costs one transition, not the stationary entropy.
+    assert abs(stated["row_entropy_per_token"] / stated["entropy_rate"] - 1) < 0.03
+    rows = np.concatenate(
+        take(data.make_train_iterator(cfg, seq_len=seq_len, batch_size=64, seed=0), 8))
+    assert np.all(p_NxN[0, rows[:, 0] - 4] > 0)   # first tokens are successors of state 0
+    nll_R = -synthetic.markov_log_prob_rows(chain, rows)
+    bound = 4.5 * nll_R.std(ddof=1) / np.sqrt(len(nll_R))
+    assert abs(nll_R.mean() - total) < bound
+
+
 def test_iid_source_matches_its_distribution_and_entropy():
     cfg = data.default_data_config()
     cfg.update(source="synthetic_iid", vocab_size=36, iid_zipf_exponent=1.0)

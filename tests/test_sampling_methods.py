@@ -157,8 +157,11 @@ def tiny_model():
     return params, model_cfg
 
 
-@pytest.mark.parametrize("method, block_size", [("ancestral", None), ("threshold", 8)])
+@pytest.mark.parametrize("method, block_size", [("ancestral", None), ("threshold", 8),
+                                               ("adaptive", None), ("entropy_bound", 8),
+                                               ("remask", None)])
 def test_prefix_cache_gives_the_same_tokens(tiny_model, method, block_size):
+    """Cached steps see logits of the positions after the prefix only: same tokens, every method."""
     params, model_cfg = tiny_model
     logits_fn, cache = S.model_prefix_cache(params, model_cfg)
     vocab, length = model_cfg.vocab_size, model_cfg.seq_len

@@ -4,8 +4,9 @@ For a trained diffusion model (default: tiny_cpu trained briefly into runs/) and
 judge, the suite's autoregressive baseline trained on the same corpus, each method is run across a
 range of steps / thresholds / bounds. Per setting: network evaluations (NFE, per sample), tokens per
 second (load-dependent), the judge's NLL of the samples (nats/token, mean ± standard error over
-samples) and the samples' unigram entropy (a low-entropy sampler can fake a low NLL). Writes
-frontier.csv, frontier.md and frontier.png into --out.
+samples) and the samples' unigram entropy (a low-entropy sampler can fake a low NLL). The first
+row is the reference: the judge on held-out corpus rows. Writes frontier.csv, frontier.md and
+frontier.png into --out.
 
   python tools/bench_samplers.py [--workdir=runs/x --judge_workdir=runs/y] [--small]
 """
@@ -30,20 +31,27 @@ _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 400, "Steps of each model tra
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 32, "Samples per setting.")
 _SMALL = flags.DEFINE_bool("small", False, "A few settings only (a quick look).")
 
-# (method, sweep keyword, values, fixed options); steps are per sample (no blocks).
+# (method, sweep keyword, values, fixed options); steps are per sample (no blocks). The
+# confidence methods run greedy (their default) and tempered (temperature 1: a draw from x̂),
+# since greedy decoding of a weak model collapses to repetitions. A weak model's x̂ is flat
+# (~5 nats per position), so tempered thresholds and entropy bounds sit on that scale.
+GREEDY, TEMPERED = {"num_steps": 128}, {"num_steps": 128, "temperature": 1.0}
 GRID = [
     ("ancestral", "num_steps", (16, 32, 64, 128, 256), {}),
     ("adaptive", "num_steps", (16, 32, 64, 128), {}),
-    ("threshold", "confidence_threshold", (0.5, 0.7, 0.8, 0.9, 0.95), {"num_steps": 128}),
-    ("entropy_bound", "entropy_bound", (0.5, 1.0, 2.0, 4.0, 8.0), {"num_steps": 128}),
+    ("adaptive", "num_steps", (16, 32, 64, 128), {"temperature": 1.0}),
+    ("threshold", "confidence_threshold", (0.5, 0.9), GREEDY),
+    ("threshold", "confidence_threshold", (0.02, 0.05, 0.1, 0.2, 0.4), TEMPERED),
+    ("entropy_bound", "entropy_bound", (1.0, 8.0), GREEDY),
+    ("entropy_bound", "entropy_bound", (16.0, 32.0, 64.0, 128.0), TEMPERED),
     ("remask", "num_steps", (32, 64, 128, 256), {"remask_schedule": "cap"}),
     ("remask", "num_steps", (64, 256), {"remask_schedule": "loop"}),
 ]
 SMALL_GRID = [
     ("ancestral", "num_steps", (16, 128), {}),
     ("adaptive", "num_steps", (32,), {}),
-    ("threshold", "confidence_threshold", (0.7, 0.9), {"num_steps": 128}),
-    ("entropy_bound", "entropy_bound", (1.0, 4.0), {"num_steps": 128}),
+    ("threshold", "confidence_threshold", (0.05, 0.2), TEMPERED),
+    ("entropy_bound", "entropy_bound", (16.0, 64.0), TEMPERED),
     ("remask", "num_steps", (64,), {"remask_schedule": "cap"}),
 ]
 
@@ -92,6 +100,18 @@ def judge_nll(judge_params, judge_run, tokens_BxL):
     return np.asarray(nll(judge_params, tokens_BxL))
 
 
+def _heldout_row(run, judge_run, judge_params, n):
+    """The reference: the judge on n held-out corpus rows (no sampler, no network evaluation)."""
+    from dlmjax import data
+
+    batch = next(iter(data.make_eval_batches(run.config.data, seq_len=run.model.seq_len,
+                                             batch_size=n, num_batches=1)))
+    nll_B = judge_nll(judge_params, judge_run, batch["tokens"])
+    return {"method": "held-out text", "setting": "-", "nfe": 0, "tokens_per_s": float("nan"),
+            "judge_nll": float(nll_B.mean()), "judge_nll_se": float(nll_B.std(ddof=1) / np.sqrt(n)),
+            "unigram_entropy": unigram_entropy(batch["tokens"])}
+
+
 def unigram_entropy(tokens):
     counts = np.bincount(np.asarray(tokens).ravel())
     p = counts[counts > 0] / counts.sum()
@@ -117,7 +137,8 @@ def main(argv):
     base = dict(vocab_size=run.model.vocab_size, mask_id=MASK_ID, shift=run.shift,
                 scale=run.config.noise.scale, logits_fn_accepts_mask=True, float64=False,
                 return_num_evals=True)
-    rows = []
+    rows = [_heldout_row(run, judge_run, judge_params, n)]
+    print(rows[0], flush=True)
     for method, knob, values, fixed in (SMALL_GRID if _SMALL.value else GRID):
         for value in values:
             options = {"num_steps": 128, **fixed, knob: value, "method": method}
@@ -159,20 +180,27 @@ def _write(rows, out, workdir, judge_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def series(r):
+        return r["method"] + (" (T=1)" if "temperature=1.0" in r["setting"] else "")
+
     fig, (ax_nll, ax_h) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
+    for name in dict.fromkeys(series(r) for r in rows if r["nfe"]):
+        mine = [r for r in rows if series(r) == name]
         nfe = [r["nfe"] for r in mine]
         ax_nll.errorbar(nfe, [r["judge_nll"] for r in mine],
                         yerr=[r["judge_nll_se"] for r in mine], marker="o", capsize=3,
-                        label=method, linestyle="none")
-        ax_h.plot(nfe, [r["unigram_entropy"] for r in mine], "o", label=method)
+                        label=name, linestyle="none")
+        ax_h.plot(nfe, [r["unigram_entropy"] for r in mine], "o", label=name)
+    for r in rows:
+        if not r["nfe"]:    # the held-out reference: no network evaluations
+            ax_nll.axhline(r["judge_nll"], color="k", linestyle="--", label=r["method"])
+            ax_h.axhline(r["unigram_entropy"], color="k", linestyle="--", label=r["method"])
     for ax, label in ((ax_nll, "judge NLL (nats/token)"), (ax_h, "unigram entropy (nats)")):
         ax.set_xscale("log")
         ax.set_xlabel("network evaluations per sample")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    ax_nll.legend()
+    ax_nll.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "frontier.png"), dpi=120)
 

@@ -62,6 +62,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.append_eos = False
     # synthetic_markov: successors per state (>= 2); entropy rate grows roughly like log(branching).
     cfg.markov_branching = 8
+    # synthetic_markov: a row's first state, "stationary" or "successor" (of a fixed hidden state,
+    # so a row's entropy per token is close to the entropy rate; see synthetic.make_markov_chain).
+    cfg.markov_start = "stationary"
     # synthetic_iid: p(v) proportional to rank^-a over ids 4..V-1 (0 = uniform).
     cfg.iid_zipf_exponent = 1.0
     # synthetic_*: seed of the data-generating process (which chain) and of its samples.

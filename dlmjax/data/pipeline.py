@@ -95,7 +95,8 @@ class SyntheticBatches:
         vocab_size = vocab_size_of(data_cfg)
         if self.source == "synthetic_markov":
             self.model = synthetic.make_markov_chain(
-                vocab_size, data_cfg.markov_branching, data_cfg.synthetic_seed
+                vocab_size, data_cfg.markov_branching, data_cfg.synthetic_seed,
+                data_cfg.markov_start,
             )
         else:
             self.model = synthetic.iid_distribution(vocab_size, data_cfg.iid_zipf_exponent)
@@ -130,7 +131,7 @@ def known_entropy(data_cfg, seq_len: int) -> dict[str, float]:
     vocab_size = vocab_size_of(data_cfg)
     if data_cfg.source == "synthetic_markov":
         chain = synthetic.make_markov_chain(
-            vocab_size, data_cfg.markov_branching, data_cfg.synthetic_seed
+            vocab_size, data_cfg.markov_branching, data_cfg.synthetic_seed, data_cfg.markov_start
         )
         return {
             "entropy_rate": synthetic.markov_entropy_rate(chain),

@@ -38,6 +38,7 @@ class MarkovChain:
     successors_NxK: np.ndarray  # int64 state indices
     probs_NxK: np.ndarray  # float64, rows sum to 1
     stationary_N: np.ndarray  # float64, stationary distribution over states
+    start_N: np.ndarray  # float64, distribution of a row's first state
 
     @property
     def num_states(self) -> int:
@@ -58,13 +59,22 @@ def _stationary(successors_NxK: np.ndarray, probs_NxK: np.ndarray) -> np.ndarray
     raise ValueError("Markov chain stationary distribution did not converge")
 
 
-def make_markov_chain(vocab_size: int, branching: int, seed: int) -> MarkovChain:
+MARKOV_STARTS = ("stationary", "successor")
+
+
+def make_markov_chain(vocab_size: int, branching: int, seed: int,
+                      start: str = "stationary") -> MarkovChain:
     """A seeded random chain: each state has `branching` successors with Dirichlet(1) weights.
 
     Successors always include s+1 and s+2 (mod N): cycles of lengths N and N-1 make the chain
     irreducible and aperiodic, so the stationary distribution and the entropy rate are well defined
-    whatever the random part turns out to be.
+    whatever the random part turns out to be. start: a row's first state is stationary, or the
+    successor of a fixed hidden state 0 ("successor"): then every token of a row, the first too,
+    carries one transition's entropy and a row's entropy per token is close to the entropy rate
+    (a stationary first state costs its whole entropy, log N or so, once per row).
     """
+    if start not in MARKOV_STARTS:
+        raise ValueError(f"data.markov_start={start!r} must be one of {MARKOV_STARTS}")
     n = vocab_size - NUM_SPECIAL
     if n < 3:
         raise ValueError(
@@ -84,9 +94,16 @@ def make_markov_chain(vocab_size: int, branching: int, seed: int) -> MarkovChain
         dup_N = successors_NxK[:, j] == successors_NxK[:, j - 1]
         probs_NxK[dup_N, j - 1] += probs_NxK[dup_N, j]
         probs_NxK[dup_N, j] = 0.0
-    return MarkovChain(
-        vocab_size, successors_NxK, probs_NxK, _stationary(successors_NxK, probs_NxK)
-    )
+    stationary_N = _stationary(successors_NxK, probs_NxK)
+    start_N = stationary_N if start == "stationary" else _step_distribution(
+        np.eye(n)[0], successors_NxK, probs_NxK)
+    return MarkovChain(vocab_size, successors_NxK, probs_NxK, stationary_N, start_N)
+
+
+def _step_distribution(mu_N, successors_NxK, probs_NxK):
+    """The distribution of the next state when the current one is distributed as mu_N."""
+    return np.bincount(successors_NxK.ravel(), weights=(mu_N[:, None] * probs_NxK).ravel(),
+                       minlength=len(mu_N))
 
 
 def markov_entropy_rate(chain: MarkovChain) -> float:
@@ -96,9 +113,14 @@ def markov_entropy_rate(chain: MarkovChain) -> float:
 
 
 def markov_row_entropy(chain: MarkovChain, seq_len: int) -> float:
-    """Entropy of a row in nats/token: the first token is stationary, the rest follow the chain."""
-    h_first = -float(scipy.special.xlogy(chain.stationary_N, chain.stationary_N).sum())
-    return (h_first + (seq_len - 1) * markov_entropy_rate(chain)) / seq_len
+    """Entropy of a row in nats/token: H(first state) + Σ_t E[H(P(.|x_t))] over its transitions."""
+    h_N = -scipy.special.xlogy(chain.probs_NxK, chain.probs_NxK).sum(axis=1)
+    total = -float(scipy.special.xlogy(chain.start_N, chain.start_N).sum())
+    mu_N = chain.start_N
+    for _ in range(seq_len - 1):
+        total += float(mu_N @ h_N)
+        mu_N = _step_distribution(mu_N, chain.successors_NxK, chain.probs_NxK)
+    return total / seq_len
 
 
 def iid_distribution(vocab_size: int, zipf_exponent: float) -> np.ndarray:
@@ -133,11 +155,11 @@ def _categorical(u_R: np.ndarray, cdf_RxK: np.ndarray) -> np.ndarray:
 def sample_markov_rows(
     chain: MarkovChain, row_ids: np.ndarray, seq_len: int, *, key: Sequence[int]
 ) -> np.ndarray:
-    """Rows [R, S] int32, each an independent stationary run of the chain."""
+    """Rows [R, S] int32, each an independent run of the chain from its start distribution."""
     u_RxS = _row_uniforms(key, row_ids, seq_len)
     cdf_NxK = np.cumsum(chain.probs_NxK, axis=1)
     state_R = np.minimum(
-        np.searchsorted(np.cumsum(chain.stationary_N), u_RxS[:, 0], side="right"),
+        np.searchsorted(np.cumsum(chain.start_N), u_RxS[:, 0], side="right"),
         chain.num_states - 1,
     )
     states_RxS = np.empty(u_RxS.shape, dtype=np.int64)
@@ -165,4 +187,4 @@ def markov_log_prob_rows(chain: MarkovChain, rows_RxS: np.ndarray) -> np.ndarray
     prev_RxT, next_RxT = states_RxS[:, :-1], states_RxS[:, 1:]
     hit_RxTxK = chain.successors_NxK[prev_RxT] == next_RxT[..., None]
     step_RxT = (chain.probs_NxK[prev_RxT] * hit_RxTxK).sum(axis=-1)
-    return np.log(chain.stationary_N[states_RxS[:, 0]]) + np.log(step_RxT).sum(axis=1)
+    return np.log(chain.start_N[states_RxS[:, 0]]) + np.log(step_RxT).sum(axis=1)

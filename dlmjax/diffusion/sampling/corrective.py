@@ -118,7 +118,7 @@ def entropy_bound_step(key, z_BxL, logits_BxLxV, committed_BxL, log_snr_s, *, bo
     with _precision(float64):
         dtype = jnp.float64 if float64 else jnp.float32
         xhat = _make_xhat(logits_BxLxV, mask_id=mask_id, temperature=temperature or 1.0,
-                          top_k=top_k, top_p=top_p, dtype=dtype)
+                          top_k=top_k, top_p=top_p, dtype=dtype, seq_len=seq_len)
         entropy_BxL = _entropy(xhat).astype(jnp.float32)
         if temperature == 0:
             new_BxL = _argmax(xhat)

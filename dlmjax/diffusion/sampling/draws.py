@@ -39,6 +39,11 @@ class _Xhat(NamedTuple):
     The sampling logit of id v is (l_v + bias_v)/T where l_v >= threshold, else −inf (bias is −inf
     on the mask). Consumers apply this inside their own reductions, which XLA fuses, so a step
     reads the logits about twice. The vocabulary is viewed as N groups of S ids.
+
+    The logits may cover only the last L positions of a longer window (the cached clean prefix
+    has none): `offset` positions come first. Per-position inputs (ids, uniforms) are given at
+    window length and cut; per-position results come back at window length, reading 0 on the
+    uncovered prefix, which a step never updates. Fields are of the covered positions.
     """
 
     logits_BxLxNxS: jax.Array
@@ -48,6 +53,19 @@ class _Xhat(NamedTuple):
     group_top_BxLxN: jax.Array  # max sampling logit per group
     top_BxL: jax.Array
     mass_BxLxN: jax.Array  # Σ_group exp(sampling logit − top)
+    offset: int = 0
+
+
+def _full(xhat, values_BxL):
+    """Per-position values of the covered positions at window length (0 on the prefix)."""
+    if not xhat.offset:
+        return values_BxL
+    return jnp.pad(values_BxL, ((0, 0),) * (values_BxL.ndim - 1) + ((xhat.offset, 0),))
+
+
+def _covered(xhat, values_BxL):
+    """The covered positions of a window-length per-position array."""
+    return values_BxL[..., xhat.offset:]
 
 
 def _sampling_logits(logits, bias, threshold, temperature):
@@ -94,7 +112,8 @@ def _group_size(vocab_size):
 
 
 def _make_xhat(logits_BxLxV, *, mask_id, temperature=1.0, top_k=None, top_p=None,
-               dtype=jnp.float32):
+               dtype=jnp.float32, seq_len=None):
+    """seq_len: the window length when the logits cover only its last positions (_Xhat)."""
     *lead, vocab_size = logits_BxLxV.shape
     group = _group_size(vocab_size)
     logits_BxLxV = logits_BxLxV.astype(dtype)
@@ -124,21 +143,28 @@ def _make_xhat(logits_BxLxV, *, mask_id, temperature=1.0, top_k=None, top_p=None
     if has_mask:
         mass_BxLxN = mass_BxLxN.at[..., mask_group].set(
             jnp.sum(jnp.exp(mask_group_BxLxS - top_BxL[..., None]), axis=-1))
+    offset = 0 if seq_len is None else seq_len - lead[-1]
     return _Xhat(logits_BxLxNxS, bias_NxS, threshold_BxL, temperature, group_top_BxLxN, top_BxL,
-                 mass_BxLxN)
+                 mass_BxLxN, offset)
+
+
+def _top(xhat):
+    """The largest sampling logit per position."""
+    return _full(xhat, xhat.top_BxL)
 
 
 def _log_normalizer(xhat):
-    return xhat.top_BxL + jnp.log(jnp.sum(xhat.mass_BxLxN, axis=-1))
+    return _full(xhat, xhat.top_BxL + jnp.log(jnp.sum(xhat.mass_BxLxN, axis=-1)))
 
 
 def _sampling_logit_at(xhat, ids_BxL):
     """Unnormalised sampling logit of the given ids (gathers, no pass over V)."""
+    ids_BxL = _covered(xhat, ids_BxL)
     num_groups, group = xhat.bias_NxS.shape
     flat_BxLxV = xhat.logits_BxLxNxS.reshape(*ids_BxL.shape, num_groups * group)
     logit_BxL = jnp.take_along_axis(flat_BxLxV, ids_BxL[..., None], axis=-1)[..., 0]
-    return _sampling_logits(logit_BxL, xhat.bias_NxS.reshape(-1)[ids_BxL], xhat.threshold_BxL,
-                            xhat.temperature)
+    return _full(xhat, _sampling_logits(logit_BxL, xhat.bias_NxS.reshape(-1)[ids_BxL],
+                                        xhat.threshold_BxL, xhat.temperature))
 
 
 def _group_weights(xhat, g_BxL):
@@ -163,6 +189,7 @@ def _draw(xhat, u_BxL):
     count past the end (it is clamped to the last id with positive weight).
     """
     group = xhat.bias_NxS.shape[1]
+    u_BxL = _covered(xhat, u_BxL)
     cum_BxLxN = jnp.cumsum(xhat.mass_BxLxN, axis=-1)
     target_BxL = u_BxL.astype(cum_BxLxN.dtype) * cum_BxLxN[..., -1]
     g_BxL = jnp.sum(cum_BxLxN <= target_BxL[..., None], axis=-1)
@@ -172,7 +199,7 @@ def _draw(xhat, u_BxL):
     cum_in_BxLxS = jnp.cumsum(weights_BxLxS, axis=-1)
     j_BxL = jnp.sum(cum_in_BxLxS <= (target_BxL - before_BxL)[..., None], axis=-1)
     j_BxL = jnp.minimum(j_BxL, _last_positive_index(weights_BxLxS))
-    return (g_BxL * group + j_BxL).astype(jnp.int32)
+    return _full(xhat, (g_BxL * group + j_BxL).astype(jnp.int32))
 
 
 def _first_max_index(x_BxLxN):
@@ -191,7 +218,7 @@ def _argmax(xhat):
     group = xhat.bias_NxS.shape[1]
     g_BxL = _first_max_index(xhat.group_top_BxLxN)
     j_BxL = _first_max_index(_group_weights(xhat, g_BxL))
-    return (g_BxL * group + j_BxL).astype(jnp.int32)
+    return _full(xhat, (g_BxL * group + j_BxL).astype(jnp.int32))
 
 
 def _probability_at(xhat, ids_BxL):
@@ -208,7 +235,7 @@ def _entropy(xhat):
     mean_shifted_BxL = jnp.sum(jnp.where(weights_BxLxNxS > 0, weights_BxLxNxS * shifted_BxLxNxS,
                                          0.0), axis=(-2, -1))
     mass_BxL = jnp.sum(xhat.mass_BxLxN, axis=-1)
-    return jnp.maximum(jnp.log(mass_BxL) - mean_shifted_BxL / mass_BxL, 0.0)
+    return _full(xhat, jnp.maximum(jnp.log(mass_BxL) - mean_shifted_BxL / mass_BxL, 0.0))
 
 
 def predicted_logits(logits_BxLxV, *, mask_id, temperature=1.0, top_k=None, top_p=None):

@@ -10,8 +10,10 @@ Clean-prefix cache. Clean positions attend only to clean ones (attn[q, k] = nois
 so within a block their activations are constant. With `prefix_cache`, the per-layer keys/values
 of the clean prefix of the window (the prompt part every row shares, and earlier blocks) are
 computed once per block, and each step runs the network only on the rest of the window, attending
-to [prefix K/V, own K/V]: exact, not an approximation. The prefix length must be static, so the
-block loop is unrolled in Python on this path (one step loop per block in the program).
+to [prefix K/V, own K/V], and does its vocabulary-wide work on those positions only (its random
+draws are made at the window's shape, so they are the uncached loop's): exact, not an
+approximation. The prefix length must be static, so the block loop is unrolled in Python on this
+path (one step loop per block in the program).
 """
 
 import dataclasses
@@ -129,8 +131,12 @@ def _step(cfg, key, i, z_BxC, logits_BxCxV, committed_BxC, update_BxC, num_steps
     return z_new_BxC, committed_BxC, keep_going
 
 
-def _denoise_window(key, network, z_BxC, update_BxC, num_steps, shift, scale, cfg):
-    """Up to num_steps sampler steps on one window: (z_BxC, network evaluations)."""
+def _denoise_window(key, network, z_BxC, update_BxC, num_steps, shift, scale, cfg,
+                    num_covered):
+    """Up to num_steps sampler steps on one window: (z_BxC, network evaluations).
+
+    network(z_BxC) gives the logits of the last num_covered positions of the window.
+    """
     def constrain(z):
         if cfg.batch_sharding is None:
             return z
@@ -157,7 +163,7 @@ def _denoise_window(key, network, z_BxC, update_BxC, num_steps, shift, scale, cf
                 keep_going, num_evals)
 
     logits_shape = jax.eval_shape(network, z_BxC)
-    if logits_shape.shape != (*z_BxC.shape, cfg.vocab_size):
+    if logits_shape.shape != (*z_BxC.shape[:-1], num_covered, cfg.vocab_size):
         raise ValueError(f"logits_fn must return [B, L, vocab_size={cfg.vocab_size}] logits, got "
                          f"{logits_shape.shape}")
     carry = (jnp.int32(0), z_BxC, jnp.zeros(logits_shape.shape, logits_shape.dtype),
@@ -173,18 +179,9 @@ def _plain_network(logits_fn, noisy_BxC, cfg):
 
 
 def _cached_network(prefix_cache, z_BxC, noisy_BxC, prefix_len):
-    """The network on positions [prefix_len, C) over the cached prefix, padded back to [B, C, V].
-
-    The sampler step still sees the whole window, so its random draws per position are those of
-    the uncached loop; the padded prefix rows are never updated.
-    """
+    """The network on positions [prefix_len, C) over the cached prefix: logits_BxWxV."""
     cache = prefix_cache.prefix_fn(z_BxC, noisy_BxC, prefix_len)
-
-    def network(z):
-        logits_BxWxV = prefix_cache.logits_fn(cache, z[:, prefix_len:], noisy_BxC[:, prefix_len:])
-        return jnp.pad(logits_BxWxV, ((0, 0), (prefix_len, 0), (0, 0)))
-
-    return network
+    return lambda z: prefix_cache.logits_fn(cache, z[:, prefix_len:], noisy_BxC[:, prefix_len:])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -229,7 +226,8 @@ def _sample(key, logits_fn, prefix_cache, prompt_BxL, prompt_len_B, num_steps, s
             else:
                 network = _plain_network(logits_fn, noisy_BxC, cfg)
             z_BxC, evals = _denoise_window(jax.random.fold_in(key_steps, j), network, z_BxC,
-                                           cut(update_BxL), num_steps, shift, scale, cfg)
+                                           cut(update_BxL), num_steps, shift, scale, cfg,
+                                           cfg.context_len - prefix_len)
             return (lax.dynamic_update_slice_in_dim(z_BxL, z_BxC, window_start, axis=1),
                     num_evals + evals)
 

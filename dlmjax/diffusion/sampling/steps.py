@@ -27,6 +27,7 @@ from dlmjax.diffusion.sampling.draws import (
     _make_xhat,
     _precision,
     _sampling_logit_at,
+    _top,
     _uniform_from_bits,
 )
 from dlmjax.diffusion.schedule import LOG_SNR_MAX, LOG_SNR_MIN, pi_at
@@ -118,7 +119,12 @@ def posterior_log_weights(z_BxL, log_xhat_z_BxL, log_snr_t, log_snr_s, *, vocab_
 
 def ancestral_step(key, z_BxL, logits_BxLxV, log_snr_t, log_snr_s, *, mask_id, shift, scale=1.0,
                    temperature=1.0, top_k=None, top_p=None, float64=False, update_BxL=None):
-    """One draw z_s ~ p(z_s | z_t), x̂ from `logits_BxLxV`; positions outside `update_BxL` stay."""
+    """One draw z_s ~ p(z_s | z_t), x̂ from `logits_BxLxV`; positions outside `update_BxL` stay.
+
+    Every step takes logits of the last W <= L positions (the others must stay out of
+    update_BxL): the cached path passes the positions after the clean prefix only, and the
+    random draws, made at the window's shape, are those of the uncached step.
+    """
     vocab_size = logits_BxLxV.shape[-1]
     key_bits, key_pi = jax.random.split(key)
     log_snr_s_BxL = jnp.full(z_BxL.shape, log_snr_s, jnp.float32)
@@ -128,7 +134,7 @@ def ancestral_step(key, z_BxL, logits_BxLxV, log_snr_t, log_snr_s, *, mask_id, s
     with _precision(float64):
         dtype = jnp.float64 if float64 else jnp.float32
         xhat = _make_xhat(logits_BxLxV, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                          top_p=top_p, dtype=dtype)
+                          top_p=top_p, dtype=dtype, seq_len=z_BxL.shape[-1])
         log_xhat_z_BxL = _sampling_logit_at(xhat, z_BxL) - _log_normalizer(xhat)
         log_keep_BxL, log_from_xhat_BxL, _ = posterior_log_weights(
             z_BxL, log_xhat_z_BxL, log_snr_t, log_snr_s, vocab_size=vocab_size, mask_id=mask_id,
@@ -161,10 +167,10 @@ def _choose(key, z_BxL, logits_BxLxV, *, mask_id, shift, scale, log_snr_min, tem
     with _precision(float64):
         dtype = jnp.float64 if float64 else jnp.float32
         xhat = _make_xhat(logits_BxLxV, mask_id=mask_id, temperature=temperature or 1.0,
-                          top_k=top_k, top_p=top_p, dtype=dtype)
+                          top_k=top_k, top_p=top_p, dtype=dtype, seq_len=z_BxL.shape[-1])
         log_norm_BxL = _log_normalizer(xhat)
         # max_v x̂_v − x̂(z), with max x̂ = exp(top − log normaliser)
-        top_prob_BxL = jnp.exp(xhat.top_BxL - log_norm_BxL)
+        top_prob_BxL = jnp.exp(_top(xhat) - log_norm_BxL)
         gain_BxL = top_prob_BxL - jnp.exp(_sampling_logit_at(xhat, z_BxL) - log_norm_BxL)
         if temperature == 0:
             new_BxL = _argmax(xhat)
