@@ -49,9 +49,8 @@ def _stationary(successors_NxK: np.ndarray, probs_NxK: np.ndarray) -> np.ndarray
     """Stationary distribution by power iteration on the sparse chain (works for 100k+ states)."""
     n = successors_NxK.shape[0]
     pi_N = np.full(n, 1.0 / n)
-    flat_succ = successors_NxK.ravel()
     for _ in range(200_000):
-        new_N = np.bincount(flat_succ, weights=(pi_N[:, None] * probs_NxK).ravel(), minlength=n)
+        new_N = _step_distribution(pi_N, successors_NxK, probs_NxK)
         new_N /= new_N.sum()
         if np.abs(new_N - pi_N).sum() < 1e-14:
             return new_N
