@@ -94,10 +94,7 @@ class SyntheticBatches:
         self.process_index, self.process_count = process_index, process_count
         vocab_size = vocab_size_of(data_cfg)
         if self.source == "synthetic_markov":
-            self.model = synthetic.make_markov_chain(
-                vocab_size, data_cfg.markov_branching, data_cfg.synthetic_seed,
-                data_cfg.markov_start,
-            )
+            self.model = _markov_chain(data_cfg)
         else:
             self.model = synthetic.iid_distribution(vocab_size, data_cfg.iid_zipf_exponent)
 
@@ -122,6 +119,11 @@ class SyntheticBatches:
         )
 
 
+def _markov_chain(data_cfg) -> synthetic.MarkovChain:
+    return synthetic.make_markov_chain(vocab_size_of(data_cfg), data_cfg.markov_branching,
+                                       data_cfg.synthetic_seed, data_cfg.markov_start)
+
+
 def known_entropy(data_cfg, seq_len: int) -> dict[str, float]:
     """True entropies (nats/token) of a synthetic source: the irreducible loss.
 
@@ -130,9 +132,7 @@ def known_entropy(data_cfg, seq_len: int) -> dict[str, float]:
     """
     vocab_size = vocab_size_of(data_cfg)
     if data_cfg.source == "synthetic_markov":
-        chain = synthetic.make_markov_chain(
-            vocab_size, data_cfg.markov_branching, data_cfg.synthetic_seed, data_cfg.markov_start
-        )
+        chain = _markov_chain(data_cfg)
         return {
             "entropy_rate": synthetic.markov_entropy_rate(chain),
             "row_entropy_per_token": synthetic.markov_row_entropy(chain, seq_len),

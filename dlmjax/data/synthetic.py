@@ -95,7 +95,7 @@ def make_markov_chain(vocab_size: int, branching: int, seed: int,
         probs_NxK[dup_N, j] = 0.0
     stationary_N = _stationary(successors_NxK, probs_NxK)
     start_N = stationary_N if start == "stationary" else _step_distribution(
-        np.eye(n)[0], successors_NxK, probs_NxK)
+        np.eye(1, n)[0], successors_NxK, probs_NxK)   # from state 0 (a one-hot row, not [N, N])
     return MarkovChain(vocab_size, successors_NxK, probs_NxK, stationary_N, start_N)
 
 
