@@ -153,6 +153,12 @@ class _Preemption:
         for s, previous in self._previous.items():
             signal.signal(s, previous)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+
     def agreed(self) -> bool:
         if jax.process_count() == 1:
             return bool(self.requested)
@@ -293,17 +299,20 @@ def train(run: Run, workdir: str, *, progress=True):
     try:
         manager = checkpoint.make_manager(fs.join(fs.absolute(workdir), "checkpoints"),
                                           keep=cfg.train.keep_checkpoints, cleanup=owner)
-        try:
-            with parallel.sharding_context(mesh, cfg.mesh.strategy):
-                step_fn = compile_train_step(run, shardings, optimizer)
-                eval_fn = jax.jit(functools.partial(eval_step, run=run),
-                                  in_shardings=(shardings.params, shardings.batch, None))
-                state = _initial_state(run, shardings, optimizer, manager, iterator, workdir)
-                state = _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings,
-                              manager, workdir, progress)
-        finally:  # every exit path: an abandoned async save would be lost
-            checkpoint.finish(manager)
-            manager.close()
+        # Installed until the last save is written: a signal during compilation or the final
+        # wait then means "stop after this step", never a kill halfway through a save.
+        with _Preemption() as preemption:
+            try:
+                with parallel.sharding_context(mesh, cfg.mesh.strategy):
+                    step_fn = compile_train_step(run, shardings, optimizer)
+                    eval_fn = jax.jit(functools.partial(eval_step, run=run),
+                                      in_shardings=(shardings.params, shardings.batch, None))
+                    state = _initial_state(run, shardings, optimizer, manager, iterator, workdir)
+                    state = _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings,
+                                  manager, workdir, progress, preemption)
+            finally:  # every exit path: an abandoned async save would be lost
+                checkpoint.finish(manager)
+                manager.close()
     finally:
         if owner:
             runlock.release(workdir)
@@ -329,14 +338,13 @@ def _initial_state(run, shardings, optimizer, manager, iterator, workdir):
 
 
 def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manager, workdir,
-          progress):
+          progress, preemption):
     from tqdm import tqdm
 
     cfg = run.config.train
     start = int(state["step"])
     writer = MetricsWriter(workdir, start, trackers.make_trackers(run.config, workdir))
     profiler = trackers.StepProfiler(cfg.get("profile_steps", ""), workdir)
-    preemption = _Preemption()
     peak = (cfg.peak_flops_per_device or measured_matmul_flops()) * jax.device_count()
     bar = tqdm(total=run.steps, initial=start, desc=run.config.name, unit="step",
                disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
@@ -389,5 +397,4 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
         bar.close()
         profiler.close()
         writer.close()
-        preemption.restore()
     return state

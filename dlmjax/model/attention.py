@@ -10,9 +10,10 @@ arrays can use them: `NoisyMask` (prompt conditioning, attn[q, k] = noisy[q] ≥
 `causal=True` (the autoregressive baseline, query i sees keys ≤ i + S − L). A dense boolean
 [B, L, S] array is accepted too. `model.attention` selects the implementation: "dense"
 materialises the [B, H, L, S] scores; "blockwise" (attention_blockwise.py) folds key blocks with an
-online softmax and a recomputing backward pass, never building more than a tile; "cudnn" and
-"splash" name the GPU / TPU fused kernels and fall back to "blockwise" with a one-line message
-naming the missing feature (see `resolve`).
+online softmax and a recomputing backward pass, never building more than a tile; "cudnn" names
+the GPU fused kernel, which falls back to "blockwise" with a one-line message naming the missing
+feature (see `resolve`); "splash" is the Pallas TPU kernel with our sink and NoisyMask folded in
+around it (attention_splash.py), falling back the same way off a TPU or for a call it cannot take.
 """
 
 import functools
@@ -85,12 +86,8 @@ def _missing_feature(implementation, platform):
         params = inspect.signature(jax.nn.dot_product_attention).parameters
         if not any("cap" in name for name in params):
             return "jax.nn.dot_product_attention has no logit soft-cap (model.attn_softcap)"
-    if implementation == "splash":
-        if platform != "tpu":
-            return f"the Pallas splash kernel needs a TPU, this is {platform}"
-        # Splash's sinks are one constant logit per head with a zero value; ours are a learned
-        # key and value (a query-dependent logit), and its masks are static, not per batch.
-        return "the splash kernel has no learned key/value sink nor per-batch NoisyMask"
+    if implementation == "splash" and platform != "tpu":
+        return f"the Pallas splash kernel needs a TPU, this is {platform}"
     return None
 
 
@@ -106,9 +103,24 @@ def resolve(implementation, platform=None):
     return "blockwise"
 
 
+@functools.cache
+def _fall_back_once(reason):
+    logging.warning("model.attention='splash' falls back to 'blockwise' here: %s", reason)
+
+
 def attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask=None, *, softcap,
            dtype, causal=False, implementation="dense"):
     implementation = resolve(implementation)
+    if implementation == "splash":
+        from dlmjax.model import attention_splash
+
+        reason = attention_splash.unsupported(mask, q_BxLxHxK.shape[1], k_BxSxHxK.shape[1])
+        if reason is None:
+            return attention_splash.splash_attention(
+                q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask, softcap=softcap,
+                dtype=dtype, causal=causal)
+        _fall_back_once(reason)
+        implementation = "blockwise"
     if implementation == "blockwise":
         return blockwise_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask,
                                    softcap=softcap, dtype=dtype, causal=causal)
