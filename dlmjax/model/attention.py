@@ -99,13 +99,13 @@ def resolve(implementation, platform=None):
     reason = _missing_feature(implementation, platform or jax.default_backend())
     if reason is None:
         return implementation
-    logging.warning("model.attention=%r falls back to 'blockwise': %s", implementation, reason)
+    _fall_back_once(implementation, reason)
     return "blockwise"
 
 
 @functools.cache
-def _fall_back_once(reason):
-    logging.warning("model.attention='splash' falls back to 'blockwise' here: %s", reason)
+def _fall_back_once(implementation, reason):
+    logging.warning("model.attention=%r falls back to 'blockwise': %s", implementation, reason)
 
 
 def attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask=None, *, softcap,
@@ -119,7 +119,7 @@ def attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask=None, *
             return attention_splash.splash_attention(
                 q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask, softcap=softcap,
                 dtype=dtype, causal=causal)
-        _fall_back_once(reason)
+        _fall_back_once(implementation, reason)
         implementation = "blockwise"
     if implementation == "blockwise":
         return blockwise_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask,

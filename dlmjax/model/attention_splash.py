@@ -28,10 +28,11 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 from jax.sharding import PartitionSpec
 
+from dlmjax import parallel
 from dlmjax.model.attention import NoisyMask
 
 MIN_BLOCK = 128
-_BATCH_AXES, _HEAD_AXES = ("data", "fsdp"), ("tensor",)  # as dlmjax.parallel splits them
+_HEAD_AXES = ("tensor",)  # the mesh axis of 'act_heads' in parallel.RULES
 
 
 def unsupported(mask, query_len, key_len):
@@ -157,7 +158,7 @@ def _mesh_axes():
         return (), ()
     split = lambda names: tuple(a for a in names if a in mesh.axis_names  # noqa: E731
                                 and mesh.shape[a] > 1)
-    return split(_BATCH_AXES), split(_HEAD_AXES)
+    return split(parallel.BATCH_AXES), split(_HEAD_AXES)
 
 
 def splash_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, sink_k_HxK, sink_v_HxK, mask, *,
