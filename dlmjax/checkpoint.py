@@ -9,6 +9,8 @@ its bit patterns, computed on the devices) go to <step>/checksums.json once orba
 the step, and `restore_verified` recomputes them after reading. An unreadable or mismatching
 checkpoint is skipped (one line naming the problem) for the newest good one. A step without the
 file (older runs, an import, a kill between commit and record) is restored as unverified.
+Beside it, <step>/log_interval.json keeps the metric sums since the last record (see
+dlmjax/metrics_log.py), so a resumed run's next record matches an uninterrupted run's.
 """
 
 import json
@@ -22,9 +24,11 @@ from absl import logging
 from dlmjax import fs
 
 CHECKSUM_FILE = "checksums.json"
+LOG_INTERVAL_FILE = "log_interval.json"
 QUARANTINE_DIR = "checkpoints_corrupt"  # beside checkpoints/: unusable steps moved out of the way
 _TMP_MARKER = ".orbax-checkpoint-tmp"
-_PENDING = "_dlmjax_pending_checksums"  # manager attribute: [(step, checksums)] not yet recorded
+# manager attribute: [(step, checksums, log interval)] not yet recorded
+_PENDING = "_dlmjax_pending_checksums"
 
 
 class CheckpointError(RuntimeError):
@@ -76,7 +80,8 @@ def checksums(state) -> dict:
             for (p, _), s in zip(paths, sums)}
 
 
-def save(manager, step, state, data_iterator=None, *, force=False) -> bool:
+def save(manager, step, state, data_iterator=None, *, force=False, log_interval=None) -> bool:
+    """Starts an async save; log_interval: JSON-able metric sums recorded with the step."""
     finish(manager, wait=False)
     sums = checksums(state)  # before the save returns: the next step donates `state`
     args = {"state": ocp.args.StandardSave(state)}
@@ -84,7 +89,7 @@ def save(manager, step, state, data_iterator=None, *, force=False) -> bool:
         args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     saved = manager.save(step, args=ocp.args.Composite(**args), force=force)
     if saved:
-        setattr(manager, _PENDING, [*getattr(manager, _PENDING, []), (step, sums)])
+        setattr(manager, _PENDING, [*getattr(manager, _PENDING, []), (step, sums, log_interval)])
     return saved
 
 
@@ -95,10 +100,25 @@ def finish(manager, *, wait=True) -> None:
     if wait or pending:
         manager.wait_until_finished()
     setattr(manager, _PENDING, [])
-    for step, sums in pending:
+    for step, sums, log_interval in pending:
         if jax.process_index() == 0 and fs.isdir(_step_dir(manager, step)):
+            if log_interval is not None:
+                fs.write_text_atomic(fs.join(_step_dir(manager, step), LOG_INTERVAL_FILE),
+                                     json.dumps(log_interval) + "\n")
             fs.write_text_atomic(fs.join(_step_dir(manager, step), CHECKSUM_FILE),
                                  json.dumps({"step": step, "leaves": sums}) + "\n")
+
+
+def read_log_interval(manager, step):
+    """The metric sums saved with `step`, or None (older runs, an import, an unfinished record)."""
+    path = fs.join(_step_dir(manager, step), LOG_INTERVAL_FILE)
+    if not fs.isfile(path):
+        return None
+    try:
+        return json.loads(fs.read_text(path))
+    except ValueError:
+        logging.warning("%s is unreadable; the next record averages from the resume", path)
+        return None
 
 
 def _step_dir(manager, step):

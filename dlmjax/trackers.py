@@ -9,7 +9,7 @@
   annotated) into workdir/tensorboard/plugins/profile/<time>/, where TensorBoard's profile
   plugin finds it. Traced on process 0; bucket workdirs get the files copied after the trace.
 
-Trackers implement `write(record)` and `close()`; `MetricsWriter` in dlmjax.train calls them.
+Trackers implement `write(record)` and `close()`; `MetricsWriter` in dlmjax.metrics_log calls them.
 """
 
 import json

@@ -5,7 +5,6 @@ The per-step key is fold_in(rng, step): a resumed run draws exactly the noise it
 """
 
 import functools
-import json
 import signal
 import time
 
@@ -16,9 +15,10 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dlmjax import checkpoint, fs, objectives, optim, parallel, runlock, tensorboard, trackers
+from dlmjax import checkpoint, fs, objectives, optim, parallel, runlock, trackers
 from dlmjax import model as model_lib
 from dlmjax.config import Run
+from dlmjax.metrics_log import LogInterval, MetricsWriter
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,8 +38,10 @@ def init_state(key, run: Run, optimizer):
 def train_step(state, x_BxL, *, run: Run, optimizer, logits_fn=None):
     """One optimizer step on a global batch, accumulated over `run.microbatches` passes.
 
-    Logged `elbo` comes from the ELBO rows only (NaN in a step that has none) and `elbo_all_rows`
-    from every row; see dlmjax/objectives.py. logits_fn: see objectives.diffusion_loss.
+    `elbo` comes from the ELBO rows only (NaN in a step that has none; `elbo_tokens` counts
+    them) and `elbo_all_rows` from every row; see dlmjax/objectives.py. Records average these
+    over the steps between them (dlmjax/metrics_log.py). logits_fn: see
+    objectives.diffusion_loss.
     """
     loss_fn = objectives.loss_fn_for(run, logits_fn=logits_fn)
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -69,6 +71,7 @@ def train_step(state, x_BxL, *, run: Run, optimizer, logits_fn=None):
     metrics = {"loss": stats["loss_sum"] / tokens,
                "elbo": jnp.where(elbo_tokens > 0, stats["elbo_sum"] / jnp.maximum(elbo_tokens, 1.0),
                                  jnp.nan),
+               "elbo_tokens": elbo_tokens,
                "elbo_all_rows": stats["elbo_all_sum"] / tokens,
                "grad_norm": optax.global_norm(grads),
                "lr": run.optimizer.lr * optim.wsd_schedule(
@@ -164,83 +167,6 @@ class _Preemption:
             return bool(self.requested)
         flags = multihost_utils.process_allgather(np.array(bool(self.requested)))
         return bool(np.any(flags))
-
-
-class MetricsWriter:
-    """metrics.jsonl and TensorBoard, on process 0 only; local or in a bucket.
-
-    Locally each record is one appended, flushed line (a torn last line, from a kill mid-write,
-    is dropped on resume by _lines_up_to); a bucket has no append, so there the whole file is
-    rewritten (one atomic object write) at every record.
-    """
-
-    def __init__(self, workdir, resume_step, extra_trackers=()):
-        self.active = jax.process_index() == 0
-        self.trackers = list(extra_trackers)  # dlmjax.trackers (W&B), process 0 only
-        self.path = fs.join(workdir, "metrics.jsonl")
-        self.tb = None
-        if not self.active:
-            return
-        self.lines = _lines_up_to(self.path, resume_step)
-        fs.write_text_atomic(self.path, "".join(self.lines))
-        self.file = None if fs.is_remote(self.path) else open(self.path, "a")  # noqa: SIM115
-        from tensorboardX import SummaryWriter
-
-        tensorboard.register_bucket_writer()
-        self.tb = SummaryWriter(fs.join(workdir, "tensorboard"))
-
-    def write(self, record):
-        if not self.active:
-            return
-        line = json.dumps(record) + "\n"
-        if self.file is None:
-            self.lines.append(line)
-            fs.write_text_atomic(self.path, "".join(self.lines))
-        else:  # rewriting locally would cost O(records) per record over a long run
-            self.file.write(line)
-            self.file.flush()
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.tb.add_scalar(key, value, record["step"])
-        self.tb.flush()
-        for tracker in self.trackers:
-            tracker.write(record)
-
-    def close(self):
-        if self.active:
-            if self.file is not None:
-                self.file.close()
-            self.tb.close()
-        for tracker in self.trackers:
-            tracker.close()
-
-
-def _lines_up_to(path, step):
-    """Metric lines up to `step`: a resumed run re-logs later ones, so none is duplicated.
-
-    A torn last line (a writer killed mid-line by an older dlmjax, or a full disk) is dropped
-    with a warning; a bad line before the end is an error naming the file and line.
-    """
-    if not fs.exists(path):
-        return []
-    lines = [line for line in fs.read_text(path).splitlines(keepends=True) if line.strip()]
-    kept, later = [], 0
-    for number, line in enumerate(lines, 1):
-        try:
-            record_step = json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError) as e:
-            if number == len(lines):
-                logging.warning("%s: dropping its torn last line %d (%s)", path, number, e)
-                break
-            raise ValueError(f"{path}: line {number} is not a metrics record ({e})") from None
-        if record_step <= step:
-            kept.append(line if line.endswith("\n") else line + "\n")
-        else:
-            later = max(later, record_step)
-    if later:
-        logging.warning("%s went to step %d; resuming from step %d, the later lines are "
-                        "logged again", path, later, step)
-    return kept
 
 
 def _global_batch(local_tokens, sharding):
@@ -349,6 +275,7 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
     bar = tqdm(total=run.steps, initial=start, desc=run.config.name, unit="step",
                disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
     last_time, last_step, pending = time.perf_counter(), start, []
+    interval = LogInterval(checkpoint.read_log_interval(manager, start) if start else None)
     try:
         for step in range(start + 1, run.steps + 1):
             profiler.before_step(step, state)
@@ -372,12 +299,14 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
                         f"non-finite loss or gradient by step {step} ({bad[0]}); stopped without "
                         f"saving. The last good checkpoint is step {good} in {workdir} "
                         f"(verified by its checksums).")
+                for m in host:
+                    interval.add(m)
                 if step % cfg.log_every == 0 or is_last:
                     now = time.perf_counter()
                     tokens_per_s = (step - last_step) * run.tokens_per_step / (now - last_time)
                     record = {"step": step, "tokens": step * run.tokens_per_step,
                               "flops": step * run.tokens_per_step * run.flops_per_token,
-                              **{k: float(v) for k, v in host[-1].items()},
+                              **interval.record(),
                               "tokens_per_s": tokens_per_s,
                               "flops_per_s": tokens_per_s * run.flops_per_token,
                               "mfu": tokens_per_s * run.flops_per_token / peak}
@@ -388,7 +317,8 @@ def _loop(run, state, step_fn, eval_fn, iterator, eval_batches, shardings, manag
                     bar.set_postfix(loss=f"{record['loss']:.3f}", elbo=f"{record['elbo']:.3f}")
                     last_time, last_step = time.perf_counter(), step
             if step % cfg.checkpoint_every == 0 or is_last or stop:
-                checkpoint.save(manager, step, state, iterator, force=True)
+                checkpoint.save(manager, step, state, iterator, force=True,
+                                log_interval=interval.state())
             if stop:
                 logging.warning("%s: saved step %d and stopped", preemption.requested or
                                 "preemption", step)

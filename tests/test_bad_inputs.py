@@ -78,6 +78,8 @@ def _rows(d):
         (("--config.mesh.data=3",), "mesh: sizes"),
         (("--config.data.heldout_fraction=1.5",), "data.heldout_fraction: must be in (0, 1)"),
         (("--config.data.source=web",), "data.source='web' must be one of"),
+        (("--config.data.source=synthetic_topics", "--config.data.topic_concentration=0.0"),
+         "data.topic_concentration: must be > 0, got 0.0"),
         (("--config.data.vocab_size=128",),
          "model.vocab_size=64 is smaller than the data's vocabulary of 128"),
         (("--mode=eval", "--config.data.vocab_size=128"),

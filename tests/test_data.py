@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from dlmjax import data
-from dlmjax.data import kjv, synthetic, tokenized
+from dlmjax.data import kjv, synthetic, synthetic_topics, tokenized
 from dlmjax.data import tokenizer as tok_lib
 
 S, B = 256, 32  # the tiny_cpu-like shape
@@ -379,9 +379,59 @@ def test_iid_source_matches_its_distribution_and_entropy():
     assert abs(nll.mean() - h) < 4.5 * sigma / np.sqrt(n)
 
 
-def test_synthetic_rows_independent_of_process_split_and_eval_of_seed():
+def test_topic_source_entropy_is_exact_on_an_enumerable_mixture():
+    """Every row of a 3-topic mixture over 3 ids, S = 5, enumerated in float64: H(row) exactly."""
+    import itertools
+
+    mix = synthetic_topics.make_topic_mixture(7, 3, 1.0, 0.5, seed=1)
+    rows = np.array(list(itertools.product(range(4, 7), repeat=5)))
+    log_p = synthetic_topics.topic_log_prob_rows(mix, rows)
+    np.testing.assert_allclose(np.exp(log_p).sum(), 1.0, rtol=1e-12)   # a distribution
+    # Brute force: p(row) = Σ_k w_k Π_t p_k(x_t).
+    brute = np.log((mix.weights_K[None] * np.prod(mix.probs_KxN[:, rows - 4], axis=-1).T).sum(1))
+    np.testing.assert_allclose(log_p, brute, rtol=1e-12)
+    exact = -np.sum(np.exp(log_p) * log_p) / 5
+    h, se = synthetic_topics.topic_row_entropy(mix, 5, num_rows=50_000)
+    assert 0 < se < 1e-3 and abs(h - exact) < 4.5 * se
+    # One topic: no Monte Carlo term, H = H(p) per token.
+    one = synthetic_topics.make_topic_mixture(7, 1, 1.0, 0.5, seed=1)
+    h1, se1 = synthetic_topics.topic_row_entropy(one, 5)
+    p = one.probs_KxN[0]
+    np.testing.assert_allclose(h1, -np.sum(p * np.log(p)), rtol=1e-12)
+    assert se1 == 0
+
+
+def test_topic_source_rows_follow_the_mixture():
     cfg = data.default_data_config()
-    cfg.update(source="synthetic_markov", vocab_size=64)
+    cfg.update(source="synthetic_topics", vocab_size=36, num_topics=16, topic_zipf_exponent=1.0,
+               topic_concentration=0.2, synthetic_seed=2)
+    mix = synthetic_topics.make_topic_mixture(36, 16, 1.0, 0.2, 2)
+    np.testing.assert_allclose(mix.weights_K, (w := 1 / np.arange(1, 17)) / w.sum(), rtol=1e-12)
+    np.testing.assert_allclose(mix.probs_KxN.sum(1), 1.0, rtol=1e-12)
+    seq_len = 32
+    stated = data.known_entropy(cfg, seq_len)
+    assert stated["entropy_rate"] == stated["row_entropy_per_token"]
+    rows = np.concatenate(
+        take(data.make_train_iterator(cfg, seq_len=seq_len, batch_size=64, seed=0), 8))
+    assert rows.min() >= 4 and rows.max() < 36
+    # Rows are i.i.d. draws of the mixture: their mean NLL estimates H(row), CLT-bounded.
+    nll_R = -synthetic_topics.topic_log_prob_rows(mix, rows)
+    bound = 4.5 * nll_R.std(ddof=1) / np.sqrt(len(nll_R))
+    assert abs(nll_R.mean() - seq_len * stated["row_entropy_per_token"]) < bound
+    # The tokens' marginal is the topic-weighted mixture.
+    p_N = mix.weights_K @ mix.probs_KxN
+    n = rows.size
+    freq_N = np.bincount(rows.ravel() - 4, minlength=32) / n
+    # Tokens of a row share a topic, so counts vary more than multinomial: S-fold at most.
+    assert np.all(np.abs(freq_N - p_N) <= 5 * np.sqrt(seq_len * p_N * (1 - p_N) / n))
+    with pytest.raises(ValueError, match="data.topic_concentration"):
+        synthetic_topics.make_topic_mixture(36, 16, 1.0, 0.0, 2)
+
+
+@pytest.mark.parametrize("source", ["synthetic_markov", "synthetic_topics"])
+def test_synthetic_rows_independent_of_process_split_and_eval_of_seed(source):
+    cfg = data.default_data_config()
+    cfg.update(source=source, vocab_size=64)
     single = take(data.make_train_iterator(cfg, seq_len=32, batch_size=8, seed=1), 2)
     halves = [
         take(

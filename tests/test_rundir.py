@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 from interop_fixtures import _compilation_cache
 
-from dlmjax import checkpoint, parallel, rundir, runlock, trackers, train
+from dlmjax import checkpoint, metrics_log, parallel, rundir, runlock, trackers, train
 from dlmjax import config as config_lib
 from dlmjax.config import ConfigError
 
@@ -255,13 +255,13 @@ def test_steps_below_the_checkpoint_and_torn_metrics(lone, tmp_path, caplog):
     path = os.path.join(workdir, "metrics.jsonl")
     text = open(path).read()
     open(path, "w").write(text + '{"step": 13, "lo')  # torn by a kill mid-line
-    assert len(train._lines_up_to(path, STEPS)) == STEPS
+    assert len(metrics_log.lines_up_to(path, STEPS)) == STEPS
     assert f"{path}: dropping its torn last line {STEPS + 1}" in caplog.text
-    assert len(train._lines_up_to(path, 8)) == 8  # e.g. checkpoints/12 deleted: resume from 8
+    assert len(metrics_log.lines_up_to(path, 8)) == 8  # e.g. checkpoints/12 deleted: resume from 8
     assert f"{path} went to step {STEPS}; resuming from step 8" in caplog.text
     open(path, "w").write('{"step": 1, "lo\n' + text)
     with pytest.raises(ValueError, match=f"{path}: line 1 is not a metrics record"):
-        train._lines_up_to(path, STEPS)
+        metrics_log.lines_up_to(path, STEPS)
 
 
 def test_eval_and_sample_with_the_workdir_alone(lone):

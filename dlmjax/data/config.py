@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import ml_collections
 
-SOURCES = ("kjv", "synthetic_markov", "synthetic_iid", "tfds", "files", "tokenized")
+SOURCES = ("kjv", "synthetic_markov", "synthetic_iid", "synthetic_topics", "tfds", "files",
+           "tokenized")
 TEXT_SOURCES = ("kjv", "tfds", "files")
-SYNTHETIC_SOURCES = ("synthetic_markov", "synthetic_iid")
+SYNTHETIC_SOURCES = ("synthetic_markov", "synthetic_iid", "synthetic_topics")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     # What to train on: "kjv" (embedded King James Bible, no download), "synthetic_markov" /
-    # "synthetic_iid" (known entropy, infinite), "tfds" (a prepared TFDS dataset), "files" (local
-    # .txt/.jsonl/.parquet text), "tokenized" (pre-tokenised ArrayRecord or parquet shards).
+    # "synthetic_iid" / "synthetic_topics" (known entropy, infinite), "tfds" (a prepared TFDS
+    # dataset), "files" (local .txt/.jsonl/.parquet text), "tokenized" (pre-tokenised
+    # ArrayRecord or parquet shards).
     cfg.source = "kjv"
     # "kjv" = the shipped 4096-token BPE, or a tokenizer.json (local or gs://) whose ids 0-3
     # are BOS, EOS, PAD, MASK. "" = the source's own: "kjv" for text sources, the tokenizer.json
@@ -67,6 +69,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.markov_start = "stationary"
     # synthetic_iid: p(v) proportional to rank^-a over ids 4..V-1 (0 = uniform).
     cfg.iid_zipf_exponent = 1.0
+    # synthetic_topics: rows of one hidden topic each; topic k has weight ∝ k^-a and a
+    # Dirichlet(concentration) distribution over the ids (see synthetic_topics).
+    cfg.num_topics = 64
+    cfg.topic_zipf_exponent = 1.0
+    cfg.topic_concentration = 0.1
     # synthetic_*: seed of the data-generating process (which chain) and of its samples.
     cfg.synthetic_seed = 0
     # Worker processes that read/tokenise/batch (0 = in the main process). Needs absl flags parsed.

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from dlmjax.data import files as files_lib
-from dlmjax.data import packing, synthetic, text_sources, tokenized
+from dlmjax.data import packing, synthetic, synthetic_topics, text_sources, tokenized
 from dlmjax.data.checks import check_source, resolve_tokenizer_spec, vocab_size_of
 from dlmjax.data.config import SYNTHETIC_SOURCES, TEXT_SOURCES
 from dlmjax.data.text_sources import EVAL, TRAIN, heldout_cut
@@ -92,11 +92,7 @@ class SyntheticBatches:
         self.source = data_cfg.source
         self.seq_len, self.batch_size, self.key = seq_len, batch_size, tuple(key)
         self.process_index, self.process_count = process_index, process_count
-        vocab_size = vocab_size_of(data_cfg)
-        if self.source == "synthetic_markov":
-            self.model = _markov_chain(data_cfg)
-        else:
-            self.model = synthetic.iid_distribution(vocab_size, data_cfg.iid_zipf_exponent)
+        self.model, self._sample = _synthetic_model(data_cfg)
 
     def __len__(self) -> int:
         # Effectively infinite; bounded so every global row index fits in int64.
@@ -105,18 +101,29 @@ class SyntheticBatches:
     def __getitem__(self, t: int) -> dict[str, np.ndarray]:
         first = (t * self.process_count + self.process_index) * self.batch_size
         row_ids = np.arange(first, first + self.batch_size)
-        sample = (
-            synthetic.sample_markov_rows
-            if self.source == "synthetic_markov"
-            else synthetic.sample_iid_rows
-        )
-        return {"tokens": sample(self.model, row_ids, self.seq_len, key=self.key)}
+        return {"tokens": self._sample(self.model, row_ids, self.seq_len, key=self.key)}
 
     def __repr__(self) -> str:
         return (
             f"SyntheticBatches({self.source}, key={self.key}, seq_len={self.seq_len}, "
             f"batch_size={self.batch_size}, process={self.process_index}/{self.process_count})"
         )
+
+
+def _synthetic_model(data_cfg):
+    """(the source's model, its row sampler) for a synthetic data.source."""
+    if data_cfg.source == "synthetic_markov":
+        return _markov_chain(data_cfg), synthetic.sample_markov_rows
+    if data_cfg.source == "synthetic_topics":
+        return _topic_mixture(data_cfg), synthetic_topics.sample_topic_rows
+    return (synthetic.iid_distribution(vocab_size_of(data_cfg), data_cfg.iid_zipf_exponent),
+            synthetic.sample_iid_rows)
+
+
+def _topic_mixture(data_cfg) -> synthetic_topics.TopicMixture:
+    return synthetic_topics.make_topic_mixture(
+        vocab_size_of(data_cfg), data_cfg.num_topics, data_cfg.topic_zipf_exponent,
+        data_cfg.topic_concentration, data_cfg.synthetic_seed)
 
 
 def _markov_chain(data_cfg) -> synthetic.MarkovChain:
@@ -137,6 +144,12 @@ def known_entropy(data_cfg, seq_len: int) -> dict[str, float]:
             "entropy_rate": synthetic.markov_entropy_rate(chain),
             "row_entropy_per_token": synthetic.markov_row_entropy(chain, seq_len),
         }
+    if data_cfg.source == "synthetic_topics":
+        # Rows are independent: the stream's entropy rate is a row's entropy per token.
+        h, standard_error = synthetic_topics.topic_row_entropy(
+            _topic_mixture(data_cfg), seq_len, seed=data_cfg.synthetic_seed)
+        return {"entropy_rate": h, "row_entropy_per_token": h,
+                "monte_carlo_standard_error": standard_error}
     if data_cfg.source == "synthetic_iid":
         h = synthetic.iid_entropy(
             synthetic.iid_distribution(vocab_size, data_cfg.iid_zipf_exponent)
