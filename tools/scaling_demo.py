@@ -107,6 +107,25 @@ def _finished(run_dir, steps):
     return bool(lines) and json.loads(lines[-1])["step"] >= steps
 
 
+# The data config keys that make two runs' sources the same.
+_SOURCE_KEYS = ("source", "vocab_size", "synthetic_seed", "markov_branching", "markov_start",
+                "num_topics", "topic_zipf_exponent", "topic_concentration")
+
+
+def _check_same_source(run_dir, config):
+    """Exit 2 if run_dir holds a run of another source (e.g. an older demo's): it would mix in."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)["data"]
+    for key in _SOURCE_KEYS:
+        if old.get(key, config.data[key]) != config.data[key]:
+            print(f"{run_dir} was trained with data.{key}={old[key]!r}, this study uses "
+                  f"{config.data[key]!r}: pass another --out", file=sys.stderr)
+            sys.exit(2)
+
+
 def _wall_times(run_dirs):
     out = {}
     for d in run_dirs:
@@ -193,6 +212,7 @@ def main(argv):
             run_dir = os.path.join(runs_dir, f"{point.noise}-{point.size}")
             run_dirs.append(run_dir)
             config = point_config(point, _SOURCE.value, _BRANCHING.value, _START.value)
+            _check_same_source(run_dir, config)
             if not _finished(run_dir, point.steps):
                 run = config_lib.derive(config, jax.device_count())
                 os.makedirs(run_dir, exist_ok=True)
