@@ -27,8 +27,8 @@ CHECKSUM_FILE = "checksums.json"
 LOG_INTERVAL_FILE = "log_interval.json"
 QUARANTINE_DIR = "checkpoints_corrupt"  # beside checkpoints/: unusable steps moved out of the way
 _TMP_MARKER = ".orbax-checkpoint-tmp"
-# manager attribute: [(step, checksums, log interval)] not yet recorded
-_PENDING = "_dlmjax_pending_checksums"
+# manager attribute: [(step, checksums, log interval)] saved but not yet recorded
+_PENDING = "_dlmjax_pending_records"
 
 
 class CheckpointError(RuntimeError):

@@ -55,12 +55,11 @@ def test_a_run_of_another_source_in_the_output_is_refused(tmp_path, capsys):
     point = demo.plan_points("synthetic_topics")[0]
     topics = demo.point_config(point, "synthetic_topics")
     run_dir = tmp_path / "masked-L1-D8"
-    run_dir.mkdir()
-    demo._check_same_source(str(run_dir), topics)          # no config yet: nothing to check
-    (run_dir / "config.json").write_text(topics.to_json())
-    demo._check_same_source(str(run_dir), topics)          # the same study resumes
+    demo._claim(str(run_dir), topics)                      # nothing trained: config.json written
+    (run_dir / "checkpoints" / "8").mkdir(parents=True)    # as if trained to step 8
+    demo._claim(str(run_dir), topics)                      # the same study resumes
     markov = demo.point_config(point, "synthetic_markov", 4, "successor")
     with pytest.raises(SystemExit) as exit_info:
-        demo._check_same_source(str(run_dir), markov)
+        demo._claim(str(run_dir), markov)
     assert exit_info.value.code == 2
-    assert "data.source='synthetic_topics'" in capsys.readouterr().err
+    assert "data.source: 'synthetic_topics'" in capsys.readouterr().err

@@ -107,23 +107,18 @@ def _finished(run_dir, steps):
     return bool(lines) and json.loads(lines[-1])["step"] >= steps
 
 
-# The data config keys that make two runs' sources the same.
-_SOURCE_KEYS = ("source", "vocab_size", "synthetic_seed", "markov_branching", "markov_start",
-                "num_topics", "topic_zipf_exponent", "topic_concentration")
+def _claim(run_dir, config):
+    """The run directory's config.json (dlmjax.rundir): exit 2 if it holds a run of another
+    config (e.g. an older demo's on another source), which would be mixed into the report."""
+    from dlmjax import rundir
+    from dlmjax.config import ConfigError
 
-
-def _check_same_source(run_dir, config):
-    """Exit 2 if run_dir holds a run of another source (e.g. an older demo's): it would mix in."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)["data"]
-    for key in _SOURCE_KEYS:
-        if old.get(key, config.data[key]) != config.data[key]:
-            print(f"{run_dir} was trained with data.{key}={old[key]!r}, this study uses "
-                  f"{config.data[key]!r}: pass another --out", file=sys.stderr)
-            sys.exit(2)
+    os.makedirs(run_dir, exist_ok=True)
+    try:
+        rundir.claim_config(run_dir, config)
+    except ConfigError as e:
+        print(f"{e}\n(the demo: pass another --out)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _wall_times(run_dirs):
@@ -212,12 +207,9 @@ def main(argv):
             run_dir = os.path.join(runs_dir, f"{point.noise}-{point.size}")
             run_dirs.append(run_dir)
             config = point_config(point, _SOURCE.value, _BRANCHING.value, _START.value)
-            _check_same_source(run_dir, config)
+            _claim(run_dir, config)
             if not _finished(run_dir, point.steps):
                 run = config_lib.derive(config, jax.device_count())
-                os.makedirs(run_dir, exist_ok=True)
-                with open(os.path.join(run_dir, "config.json"), "w") as f:
-                    f.write(config.to_json(indent=2))
                 t0 = time.perf_counter()
                 train.train(run, run_dir)
                 # A resumed run adds its earlier wall time.
