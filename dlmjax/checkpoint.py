@@ -9,8 +9,9 @@ its bit patterns, computed on the devices) go to <step>/checksums.json once orba
 the step, and `restore_verified` recomputes them after reading. An unreadable or mismatching
 checkpoint is skipped (one line naming the problem) for the newest good one. A step without the
 file (older runs, an import, a kill between commit and record) is restored as unverified.
-Beside it, <step>/log_interval.json keeps the metric sums since the last record (see
-dlmjax/metrics_log.py), so a resumed run's next record matches an uninterrupted run's.
+The metric sums since the last record (dlmjax/metrics_log.py) are an item of the checkpoint,
+<step>/log_interval, committed with the state so that a kill can never separate them: a resumed
+run's next record matches an uninterrupted run's.
 """
 
 import json
@@ -24,10 +25,10 @@ from absl import logging
 from dlmjax import fs
 
 CHECKSUM_FILE = "checksums.json"
-LOG_INTERVAL_FILE = "log_interval.json"
+LOG_INTERVAL_ITEM = "log_interval"
 QUARANTINE_DIR = "checkpoints_corrupt"  # beside checkpoints/: unusable steps moved out of the way
 _TMP_MARKER = ".orbax-checkpoint-tmp"
-# manager attribute: [(step, checksums, log interval)] saved but not yet recorded
+# manager attribute: [(step, checksums)] saved but not yet recorded
 _PENDING = "_dlmjax_pending_records"
 
 
@@ -81,15 +82,17 @@ def checksums(state) -> dict:
 
 
 def save(manager, step, state, data_iterator=None, *, force=False, log_interval=None) -> bool:
-    """Starts an async save; log_interval: JSON-able metric sums recorded with the step."""
+    """Starts an async save; log_interval: JSON-able metric sums committed with the step."""
     finish(manager, wait=False)
     sums = checksums(state)  # before the save returns: the next step donates `state`
     args = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
         args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    if log_interval is not None:
+        args[LOG_INTERVAL_ITEM] = ocp.args.JsonSave(log_interval)
     saved = manager.save(step, args=ocp.args.Composite(**args), force=force)
     if saved:
-        setattr(manager, _PENDING, [*getattr(manager, _PENDING, []), (step, sums, log_interval)])
+        setattr(manager, _PENDING, [*getattr(manager, _PENDING, []), (step, sums)])
     return saved
 
 
@@ -100,25 +103,19 @@ def finish(manager, *, wait=True) -> None:
     if wait or pending:
         manager.wait_until_finished()
     setattr(manager, _PENDING, [])
-    for step, sums, log_interval in pending:
+    for step, sums in pending:
         if jax.process_index() == 0 and fs.isdir(_step_dir(manager, step)):
-            if log_interval is not None:
-                fs.write_text_atomic(fs.join(_step_dir(manager, step), LOG_INTERVAL_FILE),
-                                     json.dumps(log_interval) + "\n")
             fs.write_text_atomic(fs.join(_step_dir(manager, step), CHECKSUM_FILE),
                                  json.dumps({"step": step, "leaves": sums}) + "\n")
 
 
 def read_log_interval(manager, step):
-    """The metric sums saved with `step`, or None (older runs, an import, an unfinished record)."""
-    path = fs.join(_step_dir(manager, step), LOG_INTERVAL_FILE)
-    if not fs.isfile(path):
+    """The metric sums saved with `step`, or None (older runs, an import): then the next record
+    averages from the resume."""
+    if not (manager.directory / str(step) / LOG_INTERVAL_ITEM).exists():
         return None
-    try:
-        return json.loads(fs.read_text(path))
-    except ValueError:
-        logging.warning("%s is unreadable; the next record averages from the resume", path)
-        return None
+    args = ocp.args.Composite(**{LOG_INTERVAL_ITEM: ocp.args.JsonRestore()})
+    return manager.restore(step, args=args)[LOG_INTERVAL_ITEM]
 
 
 def _step_dir(manager, step):

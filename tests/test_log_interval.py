@@ -1,10 +1,11 @@
 """A record's metrics are means over the steps since the previous record, resumable exactly."""
 
-import json
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
+from dlmjax import checkpoint
 from dlmjax.metrics_log import LogInterval
 
 
@@ -37,7 +38,9 @@ def test_record_is_the_token_weighted_mean_of_the_interval():
     assert math.isnan(again["elbo"]) and again["loss"] == float(steps[0]["loss"])
 
 
-def test_an_interval_cut_by_a_checkpoint_resumes_bit_for_bit():
+def test_an_interval_cut_by_a_checkpoint_resumes_bit_for_bit(tmp_path):
+    """The sums travel inside the orbax checkpoint: once the step has committed they are there,
+    even if the trainer is killed before it records anything else about the save."""
     steps = _steps(20, seed=1)
     straight = LogInterval()
     for m in steps:
@@ -45,7 +48,13 @@ def test_an_interval_cut_by_a_checkpoint_resumes_bit_for_bit():
     first = LogInterval()
     for m in steps[:7]:
         first.add(m)
-    resumed = LogInterval(json.loads(json.dumps(first.state())))  # via the file
+    manager = checkpoint.make_manager(str(tmp_path))
+    assert checkpoint.save(manager, 7, {"w": jnp.arange(3.0)}, log_interval=first.state())
+    manager.wait_until_finished()  # committed; `checkpoint.finish` never runs (a kill -9 here)
+    reopened = checkpoint.make_manager(str(tmp_path))
+    assert reopened.latest_step() == 7
+    resumed = LogInterval(checkpoint.read_log_interval(reopened, 7))
     for m in steps[7:]:
         resumed.add(m)
     assert resumed.record() == straight.record()
+    assert checkpoint.read_log_interval(reopened, 8) is None  # no such item: a fresh interval
