@@ -186,6 +186,33 @@ def test_float64_draw_resolves_masses_float32_cannot():
     assert chi_square_pvalue(tokens, P_V) > 1e-3
 
 
+def test_draws_skip_the_max_pass_only_where_the_logits_allow():
+    """need_top=False exps the logits unshifted when every updated position's mass is in
+    [e^-60, e^60], else shifts by the top; both give the float64 log-normaliser, and the draws
+    agree but for ties of the uniform with a rounded cumulative sum."""
+    rng = np.random.default_rng(7)
+    base = np.round(rng.normal(0.0, 2.0, (64, 128, V)) * 64) / 64  # exact after a shift of 128
+    bits = jax.random.bits(jax.random.key(7), (2, 64, 128), jnp.uint32)
+    reference = special.logsumexp(np.where(np.arange(V) == MASK, -np.inf, base), axis=-1)
+    draws = {}
+    for offset in (0.0, 128.0, -128.0):
+        logits = jnp.asarray(base + offset, jnp.float32)
+        xhat = S._make_xhat(logits, mask_id=MASK, need_top=False)
+        assert bool(jnp.all(xhat.shift_BxL == 0)) == (offset == 0)
+        np.testing.assert_allclose(np.asarray(S._log_normalizer(xhat)) - offset, reference,
+                                   atol=2e-5)
+        draws[offset] = np.asarray(S._draw(xhat, S._uniform_from_bits(bits, jnp.float32)))
+    assert MASK not in draws[0.0]
+    for offset in (128.0, -128.0):
+        assert np.mean(draws[offset] == draws[0.0]) > 0.999
+    # One out-of-range position outside the updated ones does not choose the form.
+    logits = jnp.asarray(base, jnp.float32).at[0, 0].add(128.0)
+    updated = jnp.ones((64, 128), bool).at[0, 0].set(False)
+    assert bool(jnp.all(S._make_xhat(logits, mask_id=MASK, need_top=False).shift_BxL != 0))
+    assert bool(jnp.all(S._make_xhat(logits, mask_id=MASK, need_top=False,
+                                     positions_BxL=updated).shift_BxL == 0))
+
+
 def test_adaptive_masked_fills_exactly_one_masked_position_per_step():
     recorder = Recorder(oracle)
     prompt_len = np.array([0, 3, 8, 5])
@@ -326,6 +353,8 @@ def test_bad_arguments_raise_value_errors():
 
 def test_benchmark_sampler_step_reports_both_times():
     result = S.benchmark_sampler_step(oracle, 2, 8, vocab_size=V, mask_id=MASK, shift=0.0,
-                                      num_repeats=2, num_warmup=1)
+                                      num_repeats=3, num_warmup=1)
     assert result["step_s"] > 0 and result["forward_s"] > 0
-    assert result["ratio"] == pytest.approx(result["step_s"] / result["forward_s"])
+    low, high = result["ratio_quartiles"]
+    assert 0 < low <= result["ratio"] <= high  # the median of the rounds' ratios
+    assert result["draw_s"] > 0 and result["forward_plus_draw_ratio"] > 1

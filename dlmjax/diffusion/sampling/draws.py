@@ -1,8 +1,9 @@
 """x̂ from logits without materialising it: sampling logits, two-level categorical draws, arg-max.
 
 The categorical draw is an inverse-CDF draw with one uniform per position, done in two levels
-(group sums over the vocabulary, then a cumulative sum inside the chosen group), which reads the
-logits about twice and needs no per-vocabulary random numbers. With `float64=True` the
+(group sums over the vocabulary, then a cumulative sum inside the chosen group), which needs no
+per-vocabulary random numbers. The exps are shifted by the top logit only where they must be: a
+draw of plain x̂ whose logits are in range skips the max pass. With `float64=True` the
 probabilities, cumulative sums, uniforms and mixture weights are float64 even when jax x64 is off:
 that code runs under a local `jax.enable_x64(True)` scope, and the uniforms are built from two
 uint32 words (53 bits), because jax.random itself cannot make float64 inside such a scope.
@@ -50,9 +51,9 @@ class _Xhat(NamedTuple):
     bias_NxS: jax.Array
     threshold_BxL: jax.Array | None
     temperature: float
-    group_top_BxLxN: jax.Array  # max sampling logit per group
-    top_BxL: jax.Array
-    mass_BxLxN: jax.Array  # Σ_group exp(sampling logit − top)
+    group_top_BxLxN: jax.Array | None  # max sampling logit per group (None: need_top=False)
+    shift_BxL: jax.Array  # subtracted before every exp: the top sampling logit, or 0
+    mass_BxLxN: jax.Array  # Σ_group exp(sampling logit − shift)
     offset: int = 0
 
 
@@ -111,9 +112,44 @@ def _group_size(vocab_size):
     return vocab_size
 
 
+def _masses(sampling_BxLxNxS, mask_group_BxLxS, mask_group, shift_BxL=None):
+    """Σ_group exp(sampling logit − shift) ([B, L, N]); the mask's group from its masked slice."""
+    if shift_BxL is None:
+        mass_BxLxN = jnp.sum(jnp.exp(sampling_BxLxNxS), axis=-1)
+        mask_mass_BxL = None if mask_group_BxLxS is None else jnp.sum(
+            jnp.exp(mask_group_BxLxS), axis=-1)
+    else:
+        mass_BxLxN = jnp.sum(jnp.exp(sampling_BxLxNxS - shift_BxL[..., None, None]), axis=-1)
+        mask_mass_BxL = None if mask_group_BxLxS is None else jnp.sum(
+            jnp.exp(mask_group_BxLxS - shift_BxL[..., None]), axis=-1)
+    if mask_mass_BxL is None:
+        return mass_BxLxN
+    return mass_BxLxN.at[..., mask_group].set(mask_mass_BxL)
+
+
+def _group_tops(sampling_BxLxNxS, mask_group_BxLxS, mask_group):
+    group_top_BxLxN = jnp.max(sampling_BxLxNxS, axis=-1)
+    if mask_group_BxLxS is None:
+        return group_top_BxLxN
+    return group_top_BxLxN.at[..., mask_group].set(jnp.max(mask_group_BxLxS, axis=-1))
+
+
+# Unshifted masses are used when every position's total lies in [e^-60, e^60]: then no exp
+# overflowed, and the top logit is above −60 − log V, so the ids that carry mass are far from
+# float32's underflow at −87.
+_UNSHIFTED_LOG_RANGE = 60.0
+
+
 def _make_xhat(logits_BxLxV, *, mask_id, temperature=1.0, top_k=None, top_p=None,
-               dtype=jnp.float32, seq_len=None):
-    """seq_len: the window length when the logits cover only its last positions (_Xhat)."""
+               dtype=jnp.float32, seq_len=None, need_top=True, positions_BxL=None):
+    """seq_len: the window length when the logits cover only its last positions (_Xhat).
+
+    need_top=False (a draw or a normaliser, no arg-max or top probability) saves the max pass
+    over V: with no top-k/top-p/temperature the exps go unshifted when every position in
+    `positions_BxL` (window length, default all) is in range, else the shifted form is taken.
+    Positions outside `positions_BxL` do not pick the form, so a step reads the same numbers
+    whether or not its logits also cover positions it never updates.
+    """
     *lead, vocab_size = logits_BxLxV.shape
     group = _group_size(vocab_size)
     logits_BxLxV = logits_BxLxV.astype(dtype)
@@ -122,39 +158,51 @@ def _make_xhat(logits_BxLxV, *, mask_id, temperature=1.0, top_k=None, top_p=None
                                top_p=top_p)
     logits_BxLxNxS = logits_BxLxV.reshape(*lead, vocab_size // group, group)
     bias_NxS = bias_V.reshape(-1, group)
-    if threshold_BxL is None and temperature == 1.0:
+    plain = threshold_BxL is None and temperature == 1.0
+    if plain:
         # Plain reductions over the raw logits (an elementwise producer such as the mask bias
-        # would be materialised first on CPU); the mask's group is redone from a slice below.
+        # would be materialised first on CPU); the mask's group is redone from a slice.
         sampling_BxLxNxS = logits_BxLxNxS
     else:
         sampling_BxLxNxS = _sampling_logits(
             logits_BxLxNxS, bias_NxS,
             None if threshold_BxL is None else threshold_BxL[..., None, None], temperature)
-    group_top_BxLxN = jnp.max(sampling_BxLxNxS, axis=-1)
-    has_mask = 0 <= mask_id < vocab_size
-    if has_mask:
-        mask_group = mask_id // group
+    mask_group = mask_id // group
+    mask_group_BxLxS = None
+    if 0 <= mask_id < vocab_size:
         mask_group_BxLxS = jnp.where(jnp.arange(group) == mask_id % group, -jnp.inf,
                                      sampling_BxLxNxS[..., mask_group, :])
-        group_top_BxLxN = group_top_BxLxN.at[..., mask_group].set(
-            jnp.max(mask_group_BxLxS, axis=-1))
-    top_BxL = jnp.max(group_top_BxLxN, axis=-1)
-    mass_BxLxN = jnp.sum(jnp.exp(sampling_BxLxNxS - top_BxL[..., None, None]), axis=-1)
-    if has_mask:
-        mass_BxLxN = mass_BxLxN.at[..., mask_group].set(
-            jnp.sum(jnp.exp(mask_group_BxLxS - top_BxL[..., None]), axis=-1))
     offset = 0 if seq_len is None else seq_len - lead[-1]
-    return _Xhat(logits_BxLxNxS, bias_NxS, threshold_BxL, temperature, group_top_BxLxN, top_BxL,
-                 mass_BxLxN, offset)
+
+    def shifted():
+        group_top_BxLxN = _group_tops(sampling_BxLxNxS, mask_group_BxLxS, mask_group)
+        top_BxL = jnp.max(group_top_BxLxN, axis=-1)
+        return group_top_BxLxN, top_BxL, _masses(sampling_BxLxNxS, mask_group_BxLxS,
+                                                 mask_group, top_BxL)
+
+    if need_top or not plain:
+        group_top_BxLxN, shift_BxL, mass_BxLxN = shifted()
+    else:
+        group_top_BxLxN = None
+        mass_BxLxN = _masses(sampling_BxLxNxS, mask_group_BxLxS, mask_group)
+        log_total_BxL = jnp.log(jnp.sum(mass_BxLxN, axis=-1))
+        in_range_BxL = jnp.abs(log_total_BxL) <= _UNSHIFTED_LOG_RANGE  # False on NaN
+        if positions_BxL is not None:
+            in_range_BxL |= ~positions_BxL[..., offset:]
+        shift_BxL, mass_BxLxN = lax.cond(
+            jnp.all(in_range_BxL), lambda m: (jnp.zeros(lead, dtype), m),
+            lambda _: shifted()[1:], mass_BxLxN)
+    return _Xhat(logits_BxLxNxS, bias_NxS, threshold_BxL, temperature, group_top_BxLxN,
+                 shift_BxL, mass_BxLxN, offset)
 
 
 def _top(xhat):
-    """The largest sampling logit per position."""
-    return _full(xhat, xhat.top_BxL)
+    """The largest sampling logit per position (an x̂ made with need_top)."""
+    return _full(xhat, jnp.max(xhat.group_top_BxLxN, axis=-1))
 
 
 def _log_normalizer(xhat):
-    return _full(xhat, xhat.top_BxL + jnp.log(jnp.sum(xhat.mass_BxLxN, axis=-1)))
+    return _full(xhat, xhat.shift_BxL + jnp.log(jnp.sum(xhat.mass_BxLxN, axis=-1)))
 
 
 def _sampling_logit_at(xhat, ids_BxL):
@@ -168,13 +216,13 @@ def _sampling_logit_at(xhat, ids_BxL):
 
 
 def _group_weights(xhat, g_BxL):
-    """exp(sampling logit − top) of the ids in group g: [B, L, S]."""
+    """exp(sampling logit − shift) of the ids in group g: [B, L, S]."""
     logits_BxLxS = jnp.take_along_axis(xhat.logits_BxLxNxS, g_BxL[..., None, None], axis=-2)[
         ..., 0, :]
     threshold = None if xhat.threshold_BxL is None else xhat.threshold_BxL[..., None]
     sampling_BxLxS = _sampling_logits(logits_BxLxS, xhat.bias_NxS[g_BxL], threshold,
                                       xhat.temperature)
-    return jnp.exp(sampling_BxLxS - xhat.top_BxL[..., None])
+    return jnp.exp(sampling_BxLxS - xhat.shift_BxL[..., None])
 
 
 def _last_positive_index(weights_BxLxN):
@@ -230,7 +278,7 @@ def _entropy(xhat):
     """Entropy (nats) of the sampling distribution of x̂ per position: one more pass over V."""
     threshold = None if xhat.threshold_BxL is None else xhat.threshold_BxL[..., None, None]
     shifted_BxLxNxS = _sampling_logits(xhat.logits_BxLxNxS, xhat.bias_NxS, threshold,
-                                       xhat.temperature) - xhat.top_BxL[..., None, None]
+                                       xhat.temperature) - xhat.shift_BxL[..., None, None]
     weights_BxLxNxS = jnp.exp(shifted_BxLxNxS)
     mean_shifted_BxL = jnp.sum(jnp.where(weights_BxLxNxS > 0, weights_BxLxNxS * shifted_BxLxNxS,
                                          0.0), axis=(-2, -1))
@@ -261,6 +309,6 @@ def categorical_from_bits(bits_2xBxL, logits_BxLxV, *, float64=False):
     """
     with _precision(float64):
         dtype = jnp.float64 if float64 else jnp.float32
-        xhat = _make_xhat(logits_BxLxV, mask_id=-1, dtype=dtype)
+        xhat = _make_xhat(logits_BxLxV, mask_id=-1, dtype=dtype, need_top=False)
         return _draw(xhat, _uniform_from_bits(bits_2xBxL, dtype))
 

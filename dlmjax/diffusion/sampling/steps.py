@@ -134,7 +134,8 @@ def ancestral_step(key, z_BxL, logits_BxLxV, log_snr_t, log_snr_s, *, mask_id, s
     with _precision(float64):
         dtype = jnp.float64 if float64 else jnp.float32
         xhat = _make_xhat(logits_BxLxV, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                          top_p=top_p, dtype=dtype, seq_len=z_BxL.shape[-1])
+                          top_p=top_p, dtype=dtype, seq_len=z_BxL.shape[-1], need_top=False,
+                          positions_BxL=update_BxL)
         log_xhat_z_BxL = _sampling_logit_at(xhat, z_BxL) - _log_normalizer(xhat)
         log_keep_BxL, log_from_xhat_BxL, _ = posterior_log_weights(
             z_BxL, log_xhat_z_BxL, log_snr_t, log_snr_s, vocab_size=vocab_size, mask_id=mask_id,
