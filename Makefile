@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(FAKE_DEVICES) $(PY) -m pytest -q -n 2 --dist=loadfile --no-loadscope-reorder tests
+	$(FAKE_DEVICES) $(PY) -m pytest -q -n 2 --dist=loadfile --no-loadscope-reorder --durations=15 tests
 	$(VENV)/bin/ruff check dlmjax tests tools experiments
 
 train: install
