@@ -23,7 +23,7 @@ train: install
 	$(PY) -m dlmjax.main --config=experiments/tiny_cpu.py --workdir=$(WORKDIR)
 
 bench: install
-	$(FAKE_DEVICES) $(PY) tools/bench.py
+	$(PY) tools/bench.py
 
 lint: install
 	$(VENV)/bin/ruff check dlmjax tests tools experiments
