@@ -114,17 +114,15 @@ def _group_size(vocab_size):
 
 def _masses(sampling_BxLxNxS, mask_group_BxLxS, mask_group, shift_BxL=None):
     """Σ_group exp(sampling logit − shift) ([B, L, N]); the mask's group from its masked slice."""
-    if shift_BxL is None:
-        mass_BxLxN = jnp.sum(jnp.exp(sampling_BxLxNxS), axis=-1)
-        mask_mass_BxL = None if mask_group_BxLxS is None else jnp.sum(
-            jnp.exp(mask_group_BxLxS), axis=-1)
-    else:
-        mass_BxLxN = jnp.sum(jnp.exp(sampling_BxLxNxS - shift_BxL[..., None, None]), axis=-1)
-        mask_mass_BxL = None if mask_group_BxLxS is None else jnp.sum(
-            jnp.exp(mask_group_BxLxS - shift_BxL[..., None]), axis=-1)
-    if mask_mass_BxL is None:
+    def exp_sum(x, shift):  # shift None: no subtraction at all (not a subtraction of 0)
+        return jnp.sum(jnp.exp(x if shift is None else x - shift), axis=-1)
+
+    shift_BxLx1 = None if shift_BxL is None else shift_BxL[..., None]
+    mass_BxLxN = exp_sum(sampling_BxLxNxS,
+                         None if shift_BxLx1 is None else shift_BxLx1[..., None])
+    if mask_group_BxLxS is None:
         return mass_BxLxN
-    return mass_BxLxN.at[..., mask_group].set(mask_mass_BxL)
+    return mass_BxLxN.at[..., mask_group].set(exp_sum(mask_group_BxLxS, shift_BxLx1))
 
 
 def _group_tops(sampling_BxLxNxS, mask_group_BxLxS, mask_group):
