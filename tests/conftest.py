@@ -41,9 +41,25 @@ def gcs():
     emulator.stop()
 
 
-# `make test` runs on two workers (pytest-xdist, --dist=loadfile: a file's module fixtures are
-# built once). The longest files go first, so neither worker is left with one at the end.
+# `make test` runs on two workers (pytest-xdist, --dist=loadfile): a file's module fixtures are
+# built once, and the files sharing the session's interop_run go to one worker, so that is built
+# once too. The longest files go first, so neither worker is left with one at the end.
 LONGEST_FILES = ("test_study_ray.py", "test_train.py")
+SHARED_SESSION_FIXTURE = ("test_hf.py", "test_harness.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist=loadfile with SHARED_SESSION_FIXTURE's files as one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesSharingFixtures(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = super()._split_scope(nodeid)
+            return "interop" if os.path.basename(path) in SHARED_SESSION_FIXTURE else path
+
+    return FilesSharingFixtures(config, log)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest groups items by fixture

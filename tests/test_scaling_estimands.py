@@ -1,9 +1,10 @@
-"""The study's estimands: η* at the optimal batch, the paper's Huber δ, run-level intervals."""
+"""The study's estimands: η* at the optimal batch, the paper's Huber δ, run-level intervals,
+Approach 3's points."""
 
 import numpy as np
 import pytest
 
-from dlmjax.scaling import fit, hparams, laws, synthetic
+from dlmjax.scaling import fit, hparams, isoflop, laws, report, synthetic
 
 
 def _length_dependent_sweep(lr_batch_exponent):
@@ -89,3 +90,28 @@ def test_block_resample_keeps_blocks_and_the_curve_refit_is_exact():
     np.testing.assert_allclose(c, [2.4, 2.5], rtol=1e-6)
     np.testing.assert_allclose(b, 35.0, rtol=1e-5)
     np.testing.assert_allclose(e, 0.42, rtol=1e-5)
+
+
+def test_approach3_keeps_the_points_within_the_window_of_each_vertex():
+    """Exact parabolas in log D with known vertices M* = 0.1·√C; sizes at M*·ratio. The window
+    keeps exactly the ratios inside [1/6, 6]; a budget without an interior vertex (losses that
+    only fall with M) centres on its lowest loss; window = inf keeps everything."""
+    ratios = np.array([1 / 10, 1 / 5, 1 / 2, 1.0, 3.0, 7.0, 20.0])
+    points = []
+    for c in (1e12, 1e13, 1e14):
+        m_opt = 0.1 * np.sqrt(c)
+        for r in ratios:
+            u = np.log(c / (m_opt * r)) - np.log(c / m_opt)
+            points.append({"compute": c, "flops_per_token": m_opt * r, "tokens": c / (m_opt * r),
+                           "loss": float(np.exp(1.0 + 0.05 * u * u))})
+    for r in ratios:        # C = 1e15: the loss falls all the way to the largest size
+        points.append({"compute": 1e15, "flops_per_token": 1e6 * r, "tokens": 1e9 / r,
+                       "loss": 3.0 - 0.1 * np.log(r)})
+    v = isoflop.fit_vertices(*(np.array([p[k] for p in points])
+                               for k in ("compute", "tokens", "loss")))
+    assert v.interior.tolist() == [True, True, True, False]
+    keep = report.approach3_points(points, v, window=6.0).reshape(4, ratios.size)
+    inside = (ratios >= 1 / 6) & (ratios <= 6)
+    np.testing.assert_array_equal(keep[:3], np.tile(inside, (3, 1)))
+    np.testing.assert_array_equal(keep[3], ratios >= 20.0 / 6)   # centred on the ratio 20
+    assert report.approach3_points(points, v, window=np.inf).all()

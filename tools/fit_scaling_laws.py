@@ -26,13 +26,19 @@ def main(argv=None) -> int:
                              "(see docs/science.md)")
     parser.add_argument("--delta", default="robust", choices=("robust", "paper"),
                         help="Huber δ of the power laws: Huber's rule, or the study's (δ = 1)")
+    parser.add_argument("--approach3_window", type=float, default=report.APPROACH3_WINDOW,
+                        help="Approach 3 fits the points within this factor of each budget's "
+                             "M* (inf: every point)")
     parser.add_argument("--no_plots", action="store_true")
     args = parser.parse_args(argv)
+    if not args.approach3_window >= 1.0:
+        parser.error(f"--approach3_window must be >= 1, got {args.approach3_window}")
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
     result = report.build_report(runs.find_run_dirs(args.run_dirs), args.out, budgets=budgets,
                                  n_boot=args.n_boot, seed=args.seed, metric=args.metric,
                                  ema_gamma=args.ema_gamma, scheme=args.scheme,
                                  delta=None if args.delta == "robust" else "paper",
+                                 approach3_window=args.approach3_window,
                                  make_plots=not args.no_plots)
     for path in result["files"]:
         print(path)

@@ -11,7 +11,8 @@ sources with a known floor").
 Each size trains once (no cooldown), as long as the largest budget whose prior optimum
 M*(C) = √C lies within [M/5, 32·M], so every budget has sizes on both sides of its vertex and
 no size trains longer than it is needed. The report (markdown, CSV, PNGs) gives Approach 2's
-exponents with run-level bootstrap intervals, Approach 3's E next to the source's entropy H,
+exponents with run-level bootstrap intervals, Approach 3's E next to the source's entropy H
+(on the points within report.APPROACH3_WINDOW of each budget's M*, and on every point),
 and whether uniform noise wants more parameters than masked at the same budget. Interrupt it
 at any time: finished runs are kept and an unfinished one resumes from its last checkpoint.
 Each run's wall time goes to RUN_DIR/wall_s.txt (and the report), so the cost of larger
@@ -133,6 +134,8 @@ def _wall_times(run_dirs):
 
 def _summary_markdown(result, points, run_dirs, entropy, n_boot):
     """The demo's own section: exponents, E vs H, uniform vs masked M*, per-run cost."""
+    from dlmjax.scaling import fit
+
     lines = ["", "## Micro study summary", ""]
     h_rate, h_row = entropy["entropy_rate"], entropy["row_entropy_per_token"]
     if _SOURCE.value == "synthetic_markov":
@@ -149,13 +152,18 @@ def _summary_markdown(result, points, run_dirs, entropy, n_boot):
         excl = not (row["alpha_lo"] <= 0 <= row["alpha_hi"])
         lines.append(f"| {row['noise']} | {row['quantity']}* | {row['alpha']:.4f} | "
                      f"[{row['alpha_lo']:.4f}, {row['alpha_hi']:.4f}] | {excl} |")
-    lines += ["", "| noise | Approach 3 E | 95% interval | gap to row entropy | gap to H |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| noise | Approach 3 E | 95% interval | gap to row entropy | gap to H | "
+              "points (window) | E on every point |", "|---|---|---|---|---|---|---|"]
     for row in result["parametric"]:
         if row["param"] == "E":
+            every = [p for p in result["isoflop_points"] if p["noise"] == row["noise"]]
+            e_all = fit.fit_parametric(*([p[k] for p in every]
+                                         for k in ("flops_per_token", "tokens", "loss")))["E"]
             lines.append(f"| {row['noise']} | {row['value']:.4f} | [{row['lo']:.4f}, "
                          f"{row['hi']:.4f}] | {100 * (row['value'] / h_row - 1):+.2f}% | "
-                         f"{100 * (row['value'] / h_rate - 1):+.2f}% |")
+                         f"{100 * (row['value'] / h_rate - 1):+.2f}% | {row['points']} of "
+                         f"{len(every)} (×{row['window']:g}) | {e_all:.4f} "
+                         f"({100 * (e_all / h_rate - 1):+.2f}%) |")
     fits = result["fits"]
     if "masked" in fits and "uniform" in fits:
         lines += ["", "M* at each budget (Approach 2 laws in D; P(uniform > masked) over "

@@ -5,7 +5,8 @@ Pipeline (each step a function, `build_report` chains them):
 2. isoflop_points: at each FLOP budget, each size's best loss over its runs (batch/LR envelope)
    read off the curves (no cooldown, so every budget a run passes counts).
 3. Approach 2 per noise type: parabola vertices in D (giving D*, M* = C/D*, L*) and in P.
-4. Approach 3 per noise type: L(M, D) = E + A/M^α + B/D^β on the same points.
+4. Approach 3 per noise type: L(M, D) = E + A/M^α + B/D^β on the points within a factor
+   APPROACH3_WINDOW in M of their budget's vertex (approach3_points says why).
 5. When the runs form a batch/LR sweep: optimal batch and LR vertices and the B*, η* laws.
 """
 
@@ -30,6 +31,8 @@ from dlmjax.scaling import (
 )
 
 SKIP_FRACTION = 0.1
+# Approach 3 keeps the points whose M is within this factor of their budget's M* = C/D*.
+APPROACH3_WINDOW = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +144,28 @@ def isoflop_points(summaries, budgets) -> list[dict]:
     return rows
 
 
+def approach3_points(points, vertices, window: float = APPROACH3_WINDOW) -> np.ndarray:
+    """Mask of the iso-FLOP points within a factor `window` in M of their budget's M* = C/D*
+    (the parabola's vertex, or the budget's lowest loss where the parabola has none).
+
+    Far larger models read at a small budget sit at the start of their runs (tens of steps, an
+    excess still bounded by the unigram loss), where the loss falls faster than any power law
+    of D; fitted with the rest, they pull E below the floor (docs/science.md, "The
+    estimands"). window=inf keeps every point.
+    """
+    compute = np.array([p["compute"] for p in points])
+    m = np.array([p["flops_per_token"] for p in points])
+    loss = np.array([p["loss"] for p in points])
+    keep = np.zeros(compute.size, bool)
+    for c in np.unique(compute):
+        here = compute == c
+        k = np.nonzero(np.isclose(vertices.compute, c))[0]
+        d_opt = vertices.x_opt[k[0]] if k.size and vertices.interior[k[0]] else np.nan
+        m_opt = c / d_opt if np.isfinite(d_opt) else m[here][np.argmin(loss[here])]
+        keep |= here & (m <= window * m_opt) & (m >= m_opt / window)
+    return keep
+
+
 def _law_row(noise, quantity, law: fit.PowerLawFit, num_budgets, scheme) -> dict:
     return {"noise": noise, "quantity": quantity, "A": law.A, "alpha": law.alpha,
             "A_lo": law.A_ci[0], "A_hi": law.A_ci[1], "alpha_lo": law.alpha_ci[0],
@@ -173,18 +198,23 @@ def compute_optimal_fits(points, *, n_boot: int, seed: int, scheme: str, loss_sa
 def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, seed: int = 0,
                  metric: str = "elbo", ema_gamma: float = curves.EMA_GAMMA,
                  skip_fraction: float = SKIP_FRACTION, scheme: str = "run",
-                 num_targets: int = 8, make_plots: bool = True, delta=None) -> dict:
+                 num_targets: int = 8, make_plots: bool = True, delta=None,
+                 approach3_window: float = APPROACH3_WINDOW) -> dict:
     """Read finished runs, fit everything, write tables and figures to out_dir; return them.
 
     budgets: FLOP budgets for the iso-FLOP analysis (default: choose_budgets per noise type).
     scheme: the bootstrap of the compute-optimal intervals, "run" (default: block-resample every
     run's curve, see runboot) or one of isoflop.BOOTSTRAP_SCHEMES' point schemes.
     delta: the power laws' Huber δ (None: robust rule; "paper": the study's; see fit).
+    approach3_window: Approach 3's points, within this factor of each M* (inf: all).
     The returned dict holds the tables (lists of row dicts), the fits, notes on what was
     skipped and why, and the paths written.
     """
     if not run_dirs:
         raise ValueError("build_report needs at least one run directory")
+    if not approach3_window >= 1.0:
+        raise ValueError(f"approach3_window must be >= 1 (a factor around M*), got "
+                         f"{approach3_window}")
     os.makedirs(out_dir, exist_ok=True)
     summaries = [summarize_run(runs.load_run(d), metric=metric, ema_gamma=ema_gamma,
                                skip_fraction=skip_fraction) for d in run_dirs]
@@ -249,22 +279,27 @@ def build_report(run_dirs, out_dir: str, *, budgets=None, n_boot: int = 10_000, 
                 os.path.join(out_dir, f"isoflop_{noise}.png"), c,
                 [p["tokens"] for p in points], [p["loss"] for p in points], v,
                 title=f"iso-FLOP curves, {noise} noise"))
+        near = approach3_points(points, v, approach3_window)
+        near_points = [p for p, k in zip(points, near) if k]
         try:
-            par = fit.bootstrap_parametric([p["flops_per_token"] for p in points],
-                                           [p["tokens"] for p in points],
-                                           [p["loss"] for p in points], n_boot=n_boot, seed=seed,
-                                           loss_samples=loss_samples)
+            par = fit.bootstrap_parametric([p["flops_per_token"] for p in near_points],
+                                           [p["tokens"] for p in near_points],
+                                           [p["loss"] for p in near_points], n_boot=n_boot,
+                                           seed=seed, loss_samples=None if loss_samples is None
+                                           else loss_samples[:, near])
         except ValueError as err:
             notes.append(f"{noise}: approach 3 skipped ({err})")
             continue
         result["fits"][noise]["parametric"] = par
         a, b = par.params["alpha"], par.params["beta"]
+        window_info = {"points": int(near.sum()), "window": approach3_window}
         for name in ("E", "A", "alpha", "B", "beta"):
             result["parametric"].append({"noise": noise, "param": name,
                                          "value": par.params[name], "lo": par.ci[name][0],
-                                         "hi": par.ci[name][1]})
+                                         "hi": par.ci[name][1], **window_info})
         result["parametric"].append({"noise": noise, "param": "M*_exponent β/(α+β)",
-                                     "value": b / (a + b), "lo": math.nan, "hi": math.nan})
+                                     "value": b / (a + b), "lo": math.nan, "hi": math.nan,
+                                     **window_info})
 
     _hyperparameter_laws(summaries, result, n_boot=n_boot, seed=seed, num_targets=num_targets)
 

@@ -55,7 +55,10 @@ def write_markdown(path: str, result: dict) -> str:
                       for n, d in laws.COMPUTE_OPTIMAL_LAWS.items() for q, law in d.items()), ""]
     if result["parametric"]:
         parts += ["## Parametric fit L(M, D) = E + A/M^α + B/D^β (Approach 3)", "",
-                  md_table(result["parametric"], ["noise", "param", "value", "lo", "hi"]), ""]
+                  "On the iso-FLOP points whose M is within a factor `window` of their budget's "
+                  "M* (Approach 2); intervals from the same bootstrap as the laws.", "",
+                  md_table(result["parametric"], ["noise", "param", "value", "lo", "hi",
+                                                  "points", "window"]), ""]
     if result["hparam_laws"]:
         parts += ["## Hyperparameter laws (B in tokens)", "",
                   md_table(result["hparam_laws"], ["quantity", "A", "alpha", "alpha_lo",
