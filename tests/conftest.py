@@ -45,7 +45,7 @@ def gcs():
 # built once, and the files sharing the session's interop_run go to one worker, so that is built
 # once too. The longest files go first, so neither worker is left with one at the end.
 LONGEST_FILES = ("test_study_ray.py", "test_train.py")
-SHARED_SESSION_FIXTURE = ("test_hf.py", "test_harness.py")
+SHARED_SESSION_FIXTURE = ("test_hf.py", "test_harness.py", "test_trackers.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
